@@ -1,0 +1,1 @@
+"""The PromptCoT problem-synthesis graph."""

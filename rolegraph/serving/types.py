@@ -1,0 +1,45 @@
+"""What a model call returns. Plain dataclasses: picklable, and easy to build in unit-test fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One sampled completion."""
+
+    text: str
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    """Per-token log-probabilities of the completion, when requested."""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The result of one chat or completion call (possibly with n > 1 choices)."""
+
+    choices: list[Choice]
+    model: str
+    endpoint: str
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    prompt_token_ids: list[int] | None = None
+    raw: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.choices[0].text if self.choices else ""

@@ -1,0 +1,1 @@
+"""rolegraph.trainers"""
