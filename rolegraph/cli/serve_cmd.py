@@ -1,9 +1,140 @@
-"""CLI commands (placeholder until its owner lands them)."""
+"""`rolegraph serve` (start the configured servers, stay in the foreground) and `rolegraph endpoints ...`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from rolegraph.config import EndpointConfig, RolegraphConfig, load_config
+from rolegraph.errors import RolegraphError
+from rolegraph.models.registry import resolve_model
+from rolegraph.serving.client import Client
+from rolegraph.serving.launcher import (
+    ServerState,
+    find_server,
+    running_servers,
+    spec_hash,
+    stop_process_group,
+)
+from rolegraph.serving.pool import EndpointPool
+
+endpoints_app = typer.Typer(help="Inspect and stop the configured endpoints.", no_args_is_help=True)
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="YAML config (default: the built-in model, launched)."
+)
+
+
+def serve(config: Path | None = CONFIG_OPTION) -> None:
+    """Start (or reuse) every configured server and keep them up until Ctrl-C."""
+    loaded = load_config(config)
+    try:
+        asyncio.run(_serve(loaded))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        Console(stderr=True).print("stopped")
+
+
+async def _serve(config: RolegraphConfig) -> None:
+    console = Console(stderr=True)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        # SIGTERM shuts down as cleanly as Ctrl-C: cancelling the task runs the pool's close().
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    async with EndpointPool(config, console=console) as pool:
+        Console().print(await _status_table(config, pool.clients))
+        console.print("serving; press Ctrl-C to stop the servers started here")
+        await asyncio.Event().wait()
+
+
+@endpoints_app.command("status")
+def status(config: Path | None = CONFIG_OPTION) -> None:
+    """Show each endpoint, whether it is up, its base models and its loaded adapters."""
+    Console().print(asyncio.run(_status_table(load_config(config), {})))
+
+
+@endpoints_app.command("stop")
+def stop(
+    name: str | None = typer.Argument(None, help="Endpoint name; all launched servers when omitted."),
+) -> None:
+    """Stop servers launched by earlier rolegraph commands (those recorded in $ROLEGRAPH_HOME/servers)."""
+    console = Console(stderr=True)
+    states = [s for s in running_servers() if name is None or s.endpoint == name]
+    if not states:
+        console.print("no running rolegraph-launched server" + (f" for endpoint '{name}'" if name else ""))
+        return
+    for state in states:
+        stop_process_group(state.pid)
+        _forget(state)
+        console.print(f"[green]stopped[/] '{state.endpoint}' (pid {state.pid}, port {state.port})")
+
+
+def _forget(state: ServerState) -> None:
+    from rolegraph import paths
+
+    (paths.servers_dir() / f"{state.endpoint}-{state.spec_hash}.json").unlink(missing_ok=True)
+
+
+async def _status_table(config: RolegraphConfig, clients: dict[str, Client]) -> Table:
+    table = Table(title="endpoints")
+    for column in ("endpoint", "kind", "url", "status", "base models", "adapters"):
+        table.add_column(column)
+    for name, endpoint in config.endpoints.items():
+        kind = "launched" if endpoint.launch is not None else "attached"
+        url = _url_of(name, endpoint)
+        if url is None:
+            table.add_row(
+                name,
+                kind,
+                "-",
+                "[yellow]not running[/]",
+                endpoint.launch.model if endpoint.launch else "-",
+                "-",
+            )
+            continue
+        row = await _probe(name, url, endpoint, clients.get(name))
+        table.add_row(name, kind, url, *row)
+    return table
+
+
+def _url_of(name: str, endpoint: EndpointConfig) -> str | None:
+    """An attached endpoint's URL, or the URL of the live server launched for this endpoint and spec."""
+    if endpoint.launch is None:
+        return endpoint.base_url
+    try:
+        model_arg, _ = resolve_model(endpoint.launch.model, prepare=False)
+    except RolegraphError:
+        return None
+    state = find_server(name, spec_hash(endpoint.launch, model_arg))
+    return state.base_url if state is not None else None
+
+
+async def _probe(
+    name: str, url: str, endpoint: EndpointConfig, client: Client | None
+) -> tuple[str, str, str]:
+    own = client is None
+    client = client or Client(name, url, api_key=endpoint.api_key, max_retries=0, timeout_s=10.0)
+    try:
+        cards: list[dict[str, Any]] = await client.model_cards()
+    except RolegraphError:
+        return "[red]down[/]", "-", "-"
+    finally:
+        if own:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+    bases = [str(c["id"]) for c in cards if not c.get("parent")]
+    adapters = [f"{c['id']} ({c.get('root', '?')})" for c in cards if c.get("parent")]
+    return "[green]up[/]", ", ".join(bases) or "-", "\n".join(adapters) or "-"
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("serve")(serve)
+    app.add_typer(endpoints_app, name="endpoints")

@@ -1,9 +1,338 @@
-"""CLI commands (placeholder until its owner lands them)."""
+"""`rolegraph train em|selfplay|sft|dpo|grpo`, `rolegraph loop` and `rolegraph adapters list`."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+train_app = typer.Typer(
+    help="Train LoRA adapters with TRL and hand them off to the serving endpoints.", no_args_is_help=True
+)
+adapters_app = typer.Typer(help="Versioned LoRA adapters and where they are loaded.", no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", help="Config YAML (default: the built-in model, launched).")
+RoleOpt = typer.Option([], "--role", help="Rebind a role: ROLE=ENDPOINT:MODEL (repeatable).")
+ModelOpt = typer.Option(None, "--model", help="Base model HF dir for training (default: the built-in model).")
+
+
+def _model_dir(model: Path | None) -> Path:
+    from rolegraph.models import prepare_model
+
+    return Path(model) if model is not None else prepare_model()
+
+
+def _with_pool(config: Path | None, roles: list[str], body: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the endpoint pool for the config, run `body(pool)`, close the pool."""
+    from rolegraph.config import load_config
+    from rolegraph.serving import EndpointPool
+
+    cfg = load_config(config, roles)
+
+    async def main() -> T:
+        async with EndpointPool(cfg, console=err_console) as pool:
+            return await body(pool)
+
+    return asyncio.run(main())
+
+
+@train_app.command("em")
+def em(
+    seeds: Path = typer.Option(..., "--seeds", help="JSONL of problems (math500_dev.jsonl format)."),
+    iterations: int = typer.Option(1, "--iterations", min=1),
+    run_dir: Path = typer.Option(Path("runs/em"), "--run-dir", help="Store for every generation and score."),
+    num_seeds: int = typer.Option(2, "--num-seeds", min=1),
+    k: int = typer.Option(2, "--k", min=1, help="Rationales sampled per seed in the E-step."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1),
+    steps: int = typer.Option(1, "--steps", min=1, help="SFT steps per adapter per iteration."),
+    lr: float = typer.Option(1e-4, "--lr"),
+    keep: int = typer.Option(2, "--keep", min=2, help="Adapter versions kept loaded per role."),
+    config: Path | None = ConfigOpt,
+    role: list[str] = RoleOpt,
+    model: Path | None = ModelOpt,
+) -> None:
+    """PromptCoT 2.0 EM: train the rationale model q and the problem model p, hand off both each iteration."""
+    from rolegraph.trainers.config import SFTSettings
+    from rolegraph.trainers.em import EMLoop, EMSettings, IterationReport
+
+    settings = EMSettings(
+        seeds=seeds,
+        run_dir=run_dir,
+        model_dir=_model_dir(model),
+        iterations=iterations,
+        num_seeds=num_seeds,
+        k=k,
+        max_tokens=max_tokens,
+        keep=keep,
+        sft=SFTSettings(max_steps=steps, learning_rate=lr),
+    )
+
+    def show(r: IterationReport) -> None:
+        console.print(
+            f"iteration {r.iteration}: mean best log p(z,x|c) {r.mean_best_reward:.2f}; "
+            f"mean log p(x|c,z*) {r.mean_log_p_x_before:.2f} → {r.mean_log_p_x_after:.2f}; "
+            f"q={r.q_adapter} p={r.p_adapter}"
+        )
+
+    async def body(pool: Any) -> None:
+        loop = EMLoop(pool, settings)
+        try:
+            await loop.run(on_iteration=show)
+        finally:
+            loop.close()
+
+    _with_pool(config, role, body)
+
+
+@train_app.command("selfplay")
+def selfplay(
+    problems: Path = typer.Option(..., "--problems", help="A promptcot run dir or a JSONL problem file."),
+    run_dir: Path = typer.Option(Path("runs/selfplay"), "--run-dir"),
+    policy_role: str = typer.Option("solver", "--policy-role"),
+    teacher_role: str | None = typer.Option(None, "--teacher-role", help="Majority-vote reference role."),
+    max_problems: int = typer.Option(4, "--max-problems", min=1),
+    n: int = typer.Option(4, "--n", min=2, help="Rollouts per problem."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1),
+    max_pass_rate: float = typer.Option(0.5, "--max-pass-rate", min=0.0, max=1.0),
+    steps: int = typer.Option(2, "--steps", min=1),
+    config: Path | None = ConfigOpt,
+    role: list[str] = RoleOpt,
+    model: Path | None = ModelOpt,
+) -> None:
+    """Self-play with DPO: roll out, verify, pair passes with failures, train and hand off the policy."""
+    from rolegraph.trainers.config import DPOSettings
+    from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings
+
+    settings = SelfPlaySettings(
+        problems=problems,
+        run_dir=run_dir,
+        model_dir=_model_dir(model),
+        policy_role=policy_role,
+        teacher_role=teacher_role,
+        max_problems=max_problems,
+        n=n,
+        max_tokens=max_tokens,
+        max_pass_rate=max_pass_rate,
+        dpo=DPOSettings(max_steps=steps),
+    )
+
+    async def body(pool: Any) -> None:
+        play = SelfPlay(pool, settings)
+        try:
+            report = await play.run()
+        finally:
+            play.close()
+        rates = ", ".join(f"{k}={v:.2f}" for k, v in report.pass_rates.items())
+        console.print(f"{report.problems} problems; pass rates: {rates or 'none'}")
+        console.print(f"dropped: {report.pairs_report.dropped or 'none'}; {report.pairs} pairs")
+        console.print(f"adapter: {report.adapter or 'none (no pairs: nothing to train)'}")
+
+    _with_pool(config, role, body)
+
+
+def _train_file(
+    method: str,
+    data: Path,
+    role_name: str,
+    steps: int,
+    lr: float | None,
+    model: Path | None,
+    record_in: Path | None,
+    config: Path | None,
+    roles: list[str],
+    hand: bool,
+) -> None:
+    from rolegraph.trainers.handoff import hand_off
+    from rolegraph.trainers.loop import default_settings
+    from rolegraph.trainers.recording import record_training
+    from rolegraph.trainers.registry import AdapterRegistry
+
+    settings = default_settings(method)
+    settings.model = _model_dir(model)
+    settings.max_steps = steps
+    if lr is not None:
+        settings.learning_rate = lr
+    registry = AdapterRegistry()
+    staging = registry.staging(role_name)
+    if method == "sft":
+        from rolegraph.trainers.sft import train_sft
+
+        result = train_sft(settings, data, staging)  # type: ignore[arg-type]
+    elif method == "dpo":
+        from rolegraph.trainers.dpo import train_dpo
+
+        result = train_dpo(settings, data, staging)  # type: ignore[arg-type]
+    else:
+        from rolegraph.trainers.grpo import train_grpo
+
+        result = train_grpo(settings, data, staging, run_dirs=[record_in] if record_in else None)  # type: ignore[arg-type]
+    adapter = registry.publish(role_name, result.adapter_dir)
+    console.print(
+        f"trained {adapter.lora_name} at {adapter.path} ({result.metrics.get('train_loss', 0):.4f} loss)"
+    )
+    if record_in is not None:
+        record_training(record_in, result, inputs=[str(data)], adapter=adapter)
+    if hand:
+
+        async def body(pool: Any) -> None:
+            report = await hand_off(pool, role_name, adapter)
+            console.print(f"{role_name} now serves {adapter.lora_name} (hand-off {report.load_s:.2f}s)")
+
+        _with_pool(config, roles, body)
+
+
+@train_app.command("sft")
+def sft(
+    data: Path | None = typer.Option(None, "--data", help="An sft export (JSONL or Parquet)."),
+    from_run: Path | None = typer.Option(None, "--from", help="Distil from this run dir's verified traces."),
+    teacher_role: str = typer.Option("solver", "--teacher-role"),
+    student_role: str = typer.Option("solver", "--student-role", help="The role the adapter is for."),
+    steps: int = typer.Option(2, "--steps", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    hand: bool = typer.Option(
+        False, "--hand-off/--no-hand-off", help="Load it into the endpoints and switch."
+    ),
+    config: Path | None = ConfigOpt,
+    role: list[str] = RoleOpt,
+    model: Path | None = ModelOpt,
+) -> None:
+    """Supervised fine-tuning on an export, or distillation of a teacher role's verified traces (--from)."""
+    from rolegraph.errors import TrainingError
+
+    if (data is None) == (from_run is None):
+        raise TrainingError(
+            "give exactly one of --data FILE or --from RUN_DIR", "see `rolegraph train sft --help`"
+        )
+    if data is not None:
+        _train_file("sft", data, student_role, steps, lr, model, None, config, role, hand)
+        return
+    assert from_run is not None
+    from rolegraph.trainers.config import SFTSettings
+    from rolegraph.trainers.distill import distill
+    from rolegraph.trainers.handoff import hand_off
+
+    settings = SFTSettings(model=_model_dir(model), max_steps=steps)
+    if lr is not None:
+        settings.learning_rate = lr
+    result, adapter = distill(from_run, settings, teacher_role=teacher_role, student_role=student_role)
+    console.print(f"distilled {result.rows} verified {teacher_role} traces into {adapter.lora_name}")
+    if hand:
+
+        async def body(pool: Any) -> None:
+            report = await hand_off(pool, student_role, adapter)
+            console.print(f"{student_role} now serves {adapter.lora_name} (hand-off {report.load_s:.2f}s)")
+
+        _with_pool(config, role, body)
+
+
+def _file_command(method: str) -> Callable[..., None]:
+    def command(
+        data: Path = typer.Option(..., "--data", help=f"A {method} export (JSONL or Parquet)."),
+        train_role: str = typer.Option("solver", "--train-role", help="The role the adapter is for."),
+        steps: int = typer.Option(2, "--steps", min=1),
+        lr: float | None = typer.Option(None, "--lr"),
+        record_in: Path | None = typer.Option(
+            None, "--run-dir", help="Record the training run in this store."
+        ),
+        hand: bool = typer.Option(False, "--hand-off/--no-hand-off"),
+        config: Path | None = ConfigOpt,
+        role: list[str] = RoleOpt,
+        model: Path | None = ModelOpt,
+    ) -> None:
+        _train_file(method, data, train_role, steps, lr, model, record_in, config, role, hand)
+
+    command.__doc__ = (
+        f"Train a LoRA with TRL's {method.upper()} trainer on a `rolegraph export --format {method}`."
+    )
+    return command
+
+
+train_app.command("dpo")(_file_command("dpo"))
+train_app.command("grpo")(_file_command("grpo"))
+
+
+def loop(
+    graph: str = typer.Argument(..., help="A built-in graph name or a YAML spec path."),
+    train_every: int = typer.Option(4, "--train-every", min=1, help="Train after every N finished episodes."),
+    trainer: str = typer.Option("sft", "--trainer", help="sft, dpo or grpo."),
+    train_role: str = typer.Option("solver", "--train-role"),
+    run_dir: Path = typer.Option(Path("runs/loop"), "--run-dir"),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="Trainings before stopping."),
+    set_: list[str] = typer.Option([], "--set", help="Graph option KEY=VALUE (repeatable)."),
+    config: Path | None = ConfigOpt,
+    role: list[str] = RoleOpt,
+    model: Path | None = ModelOpt,
+) -> None:
+    """Keep a graph running and train every N finished episodes; the graph never waits for training."""
+    from rolegraph.cli.run_cmd import parse_sets
+    from rolegraph.trainers.loop import LoopSettings, default_settings, periodic
+
+    settings = LoopSettings(
+        graph=graph,
+        run_dir=run_dir,
+        model_dir=_model_dir(model),
+        train_every=train_every,
+        trainer=trainer,
+        role=train_role,
+        rounds=rounds,
+        options=parse_sets(set_),
+        settings=default_settings(trainer),
+    )
+
+    async def body(pool: Any) -> list[str]:
+        return await periodic(pool, settings, on_event=lambda text: err_console.print(text))
+
+    handed = _with_pool(config, role, body)
+    console.print(f"handed off: {', '.join(handed)}")
+
+
+@adapters_app.command("list")
+def list_adapters(config: Path | None = ConfigOpt, role: list[str] = RoleOpt) -> None:
+    """Published adapter versions, and which endpoints have each loaded (from each endpoint's /v1/models)."""
+    from rolegraph.config import load_config
+    from rolegraph.serving import Client
+    from rolegraph.trainers.registry import AdapterRegistry
+
+    registry = AdapterRegistry()
+    cfg = load_config(config, role)
+    attached = {name: ep.base_url for name, ep in cfg.endpoints.items() if ep.base_url}
+
+    async def loaded() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, url in attached.items():
+            async with Client(name, url, max_retries=0, timeout_s=10) as client:
+                try:
+                    out[name] = await client.list_models()
+                except Exception as exc:  # a down endpoint is shown, not fatal
+                    err_console.print(f"endpoint {name}: {exc}")
+        return out
+
+    served = asyncio.run(loaded())
+    table = Table("adapter", "path", "loaded on")
+    names = set()
+    for role_name in registry.roles():
+        for version in registry.versions(role_name):
+            names.add(version.lora_name)
+            where = [ep for ep, models in served.items() if version.lora_name in models]
+            table.add_row(version.lora_name, str(version.path), ", ".join(where) or "-")
+    for ep, models in served.items():
+        for model_name in models:
+            if model_name not in names and "-v" in model_name:
+                table.add_row(model_name, "(not in this adapters dir)", ep)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.add_typer(train_app, name="train")
+    app.add_typer(adapters_app, name="adapters")
+    app.command("loop")(loop)

@@ -1,0 +1,149 @@
+"""Sandbox speed: warm docker/bwrap pools vs `docker run` per execution vs an unisolated process pool.
+
+The unisolated baseline runs code the way the Absolute Zero reference executor does: a process-pool worker
+that `exec`s the program in-process (fine here: it only runs this file's fixed programs, never model text).
+Prints figures and writes the "## sandbox" section of bench/RESULTS.md.
+Usage: .venv/bin/python bench/sandbox.py [--n 200] [--width 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+from rolegraph.environments.sandbox.base import Limits
+from rolegraph.environments.sandbox.docker_backend import container_run_argv
+from rolegraph.environments.sandbox.image import build_image
+from rolegraph.environments.sandbox.pool import Job, SandboxPool
+
+PROGRAMS = {
+    "trivial": "print(sum(range(100)))",
+    "sympy": "import sympy\nx = sympy.Symbol('x')\nprint(sympy.expand((x + 1) ** 3))",
+}
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def exec_in_process(code: str) -> str:
+    """What the reference executor does inside its pool worker: exec with captured stdout."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        exec(code, {"__name__": "__main__"})
+    return buffer.getvalue()
+
+
+def measure(run_one: Callable[[], object], n: int, width: int) -> dict[str, float]:
+    """n executions, `width` at a time: executions/s and per-execution latency percentiles (ms)."""
+    latencies: list[float] = []
+
+    def timed(_: int) -> None:
+        started = time.perf_counter()
+        run_one()
+        latencies.append(time.perf_counter() - started)
+
+    timed(0)  # warm-up, not counted
+    latencies.clear()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=width) as executor:
+        list(executor.map(timed, range(n)))
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "per_s": n / wall,
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+def docker_run_once(image: str, code: str) -> None:
+    name = f"rolegraph-bench-{uuid.uuid4().hex[:10]}"
+    argv = container_run_argv(name, Limits(), image)
+    subprocess.run([*argv, "python3", "-c", code], capture_output=True, check=True, timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="executions per (setup, program)")
+    parser.add_argument("--n-docker-run", type=int, default=12, help="executions for `docker run` (slow)")
+    parser.add_argument("--width", type=int, default=2)
+    args = parser.parse_args()
+    image = build_image()
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for program_name, code in PROGRAMS.items():
+        preload = ("sympy",) if program_name == "sympy" else ()
+        for backend in ("docker", "bwrap"):
+            with SandboxPool(backend, size=args.width, preload=preload) as pool:
+                job = Job(op="exec", code=code)
+                rows[(f"warm {backend} pool", program_name)] = measure(
+                    lambda p=pool, j=job: _ok(p.execute(j)), args.n, args.width
+                )  # type: ignore[misc]
+        with ProcessPoolExecutor(max_workers=args.width) as executor:
+            list(executor.map(exec_in_process, [code] * args.width))
+            rows[("unisolated process pool", program_name)] = measure(
+                lambda c=code: executor.submit(exec_in_process, c).result(),
+                args.n,
+                args.width,  # type: ignore[misc]
+            )
+        rows[("docker run per execution", program_name)] = measure(
+            lambda c=code: docker_run_once(image, c),
+            args.n_docker_run,
+            args.width,  # type: ignore[misc]
+        )
+    report = render(rows, args)
+    print(report)
+    write_section(report)
+
+
+def _ok(result: object) -> None:
+    assert getattr(result, "ok", False), result
+
+
+def render(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespace) -> str:
+    lines = [
+        "## sandbox",
+        "",
+        f"`bench/sandbox.py --n {args.n} --width {args.width}` (2-core CPU machine, shared; all setups "
+        "measured side by side in one run; `docker run` with "
+        f"{args.n_docker_run} executions). Pools run with parallel width {args.width}; the sympy rows use "
+        "workers that preload sympy (the unisolated pool keeps it imported after its first run).",
+        "",
+        "| setup | program | executions/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for (setup, program), m in rows.items():
+        lines.append(f"| {setup} | {program} | {m['per_s']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |")
+    lines.append("")
+    for program in PROGRAMS:
+        warm = rows[("warm docker pool", program)]["per_s"]
+        cold = rows[("docker run per execution", program)]["per_s"]
+        bare = rows[("unisolated process pool", program)]["per_s"]
+        bwrap = rows[("warm bwrap pool", program)]["per_s"]
+        lines.append(
+            f"- {program}: warm docker pool is **{warm / cold:.0f}x** faster than `docker run` per execution "
+            f"(target >= 20x); the unisolated pool is **{bare / warm:.1f}x** faster than the warm docker "
+            f"pool (target <= 3x on trivial) and {bare / bwrap:.1f}x faster than the warm bwrap pool."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) only the `## sandbox` section of bench/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    start = text.find("## sandbox\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

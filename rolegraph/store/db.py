@@ -1,0 +1,523 @@
+"""The trajectory store: run → episode → step in one SQLite file (WAL) inside the run directory.
+
+One writer (the runtime's event loop) commits after every step and every episode change, so a process killed
+at any moment leaves only complete rows. Steps are never rewritten; a step whose node was interrupted is only
+flagged `superseded` when its episode resumes, so readers skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rolegraph.errors import RolegraphError
+from rolegraph.store.records import (
+    ChoiceRecord,
+    EpisodeRecord,
+    RunRecord,
+    StepRecord,
+    TrainingRunRecord,
+)
+
+STORE_FILE = "store.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    graph TEXT NOT NULL,
+    config TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS episodes (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 1,
+    input TEXT NOT NULL,
+    final_state TEXT,
+    kept INTEGER,
+    reason TEXT,
+    rewards TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id TEXT NOT NULL,
+    -- not a foreign key: run-level calls (a graph's `prepare`) are recorded under a pseudo-episode id
+    attempt INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('role', 'env')),
+    node TEXT NOT NULL,
+    role TEXT NOT NULL,
+    endpoint TEXT,
+    model TEXT,
+    sampling TEXT NOT NULL DEFAULT '{}',
+    messages TEXT NOT NULL DEFAULT '[]',
+    choices TEXT NOT NULL DEFAULT '[]',
+    prompt_token_ids TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    latency_s REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    request TEXT,
+    response TEXT,
+    started_at REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS steps_by_episode ON steps(episode_id);
+CREATE INDEX IF NOT EXISTS steps_by_role ON steps(role);
+CREATE TABLE IF NOT EXISTS step_rewards (
+    step_id INTEGER NOT NULL REFERENCES steps(id),
+    choice INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (step_id, choice, name)
+);
+CREATE TABLE IF NOT EXISTS training_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    trainer TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    hyperparams TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    adapter_name TEXT,
+    adapter_version TEXT,
+    adapter_path TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """The SQLite store of one run directory (`RUN_DIR/store.sqlite`).
+
+    Use one Store per process as the single writer; any number of readers may open the same file.
+    """
+
+    def __init__(self, run_dir: Path | str, *, create: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_FILE
+        if not create and not self.path.is_file():
+            raise RolegraphError(
+                f"{self.run_dir} holds no rolegraph run (no {STORE_FILE})",
+                "pass a directory written by `rolegraph run --run-dir DIR`",
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise RolegraphError(
+                f"cannot open the store {self.path}: {exc}",
+                "check the file is a rolegraph store and not in use",
+            ) from None
+
+    # --- plumbing -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; nothing of it is visible if the process dies inside."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def integrity_check(self) -> str:
+        """SQLite's `PRAGMA integrity_check` answer ('ok' when the file is sound)."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # --- runs ---------------------------------------------------------------------------------------
+    def start_run(self, graph: str, config: dict[str, Any], seed: int, params: dict[str, Any]) -> RunRecord:
+        """Record the run on first use; on a re-run, check it is the same graph and return the stored run."""
+        existing = self.run()
+        if existing is not None:
+            if existing.graph != graph:
+                raise RolegraphError(
+                    f"{self.run_dir} holds a run of graph '{existing.graph}', not '{graph}'",
+                    "use a new --run-dir for a different graph",
+                )
+            return existing
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, graph, config, seed, params, created_at) VALUES (1, ?, ?, ?, ?, ?)",
+                (graph, _dumps(config), seed, _dumps(params), time.time()),
+            )
+        run = self.run()
+        assert run is not None
+        return run
+
+    def run(self) -> RunRecord | None:
+        row = self._db.execute(
+            "SELECT graph, config, seed, params, created_at FROM runs WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return RunRecord(
+            graph=row[0], config=_loads(row[1]), seed=row[2], params=_loads(row[3]), created_at=row[4]
+        )
+
+    # --- episodes -----------------------------------------------------------------------------------
+    def begin_episode(self, episode_id: str, input_state: dict[str, Any]) -> int:
+        """Mark an episode running and return its attempt number (1 on first start)."""
+        with self._tx() as db:
+            row = db.execute("SELECT attempts, status FROM episodes WHERE id = ?", (episode_id,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO episodes (id, status, attempts, input, started_at)"
+                    " VALUES (?, 'running', 1, ?, ?)",
+                    (episode_id, _dumps(input_state), time.time()),
+                )
+                return 1
+            if row[1] == "finished":
+                raise RolegraphError(f"episode {episode_id} is already finished", "it is skipped on resume")
+            attempt = int(row[0]) + 1
+            db.execute(
+                "UPDATE episodes SET status = 'running', attempts = ?, error = NULL WHERE id = ?",
+                (attempt, episode_id),
+            )
+            return attempt
+
+    def finish_episode(
+        self,
+        episode_id: str,
+        final_state: dict[str, Any],
+        *,
+        kept: bool,
+        reason: str | None = None,
+        rewards: dict[str, float] | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE episodes SET status = 'finished', final_state = ?, kept = ?, reason = ?, rewards = ?,"
+                " error = NULL, finished_at = ? WHERE id = ?",
+                (_dumps(final_state), int(kept), reason, _dumps(rewards or {}), time.time(), episode_id),
+            )
+
+    def fail_episode(self, episode_id: str, error: str) -> None:
+        """Mark an episode failed; a re-run of the run directory retries it."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE episodes SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                (error, time.time(), episode_id),
+            )
+
+    def finished_ids(self) -> set[str]:
+        rows = self._db.execute("SELECT id FROM episodes WHERE status = 'finished'").fetchall()
+        return {r[0] for r in rows}
+
+    def episodes(self, status: str | None = None, kept: bool | None = None) -> list[EpisodeRecord]:
+        sql = (
+            "SELECT id, status, attempts, input, final_state, kept, reason, rewards, error, started_at,"
+            " finished_at FROM episodes"
+        )
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if kept is not None:
+            where.append("kept = ?")
+            args.append(int(kept))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at, id"
+        return [self._episode(row) for row in self._db.execute(sql, args).fetchall()]
+
+    def episode(self, episode_id: str) -> EpisodeRecord | None:
+        rows = self._db.execute(
+            "SELECT id, status, attempts, input, final_state, kept, reason, rewards, error, started_at,"
+            " finished_at FROM episodes WHERE id = ?",
+            (episode_id,),
+        ).fetchall()
+        return self._episode(rows[0]) if rows else None
+
+    @staticmethod
+    def _episode(row: Sequence[Any]) -> EpisodeRecord:
+        return EpisodeRecord(
+            id=row[0],
+            status=row[1],
+            attempts=row[2],
+            input=_loads(row[3]),
+            final_state=_loads(row[4]),
+            kept=None if row[5] is None else bool(row[5]),
+            reason=row[6],
+            rewards=_loads(row[7]) or {},
+            error=row[8],
+            started_at=row[9],
+            finished_at=row[10],
+        )
+
+    # --- steps --------------------------------------------------------------------------------------
+    def record_step(
+        self,
+        *,
+        episode_id: str,
+        attempt: int,
+        kind: str,
+        node: str,
+        role: str,
+        started_at: float,
+        endpoint: str | None = None,
+        model: str | None = None,
+        sampling: dict[str, Any] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        choices: list[ChoiceRecord] | None = None,
+        prompt_token_ids: list[int] | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        latency_s: float = 0.0,
+        error: str | None = None,
+        request: Any = None,
+        response: Any = None,
+    ) -> int:
+        """Append one step and commit; returns its id."""
+        choice_rows = [c.__dict__ for c in choices or []]
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO steps (episode_id, attempt, kind, node, role, endpoint, model, sampling,"
+                " messages, choices, prompt_token_ids, prompt_tokens, completion_tokens, latency_s, error,"
+                " request, response, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    episode_id,
+                    attempt,
+                    kind,
+                    node,
+                    role,
+                    endpoint,
+                    model,
+                    _dumps(sampling or {}),
+                    _dumps(messages or []),
+                    _dumps(choice_rows),
+                    None if prompt_token_ids is None else _dumps(prompt_token_ids),
+                    prompt_tokens,
+                    completion_tokens,
+                    latency_s,
+                    error,
+                    None if request is None else _dumps(request),
+                    None if response is None else _dumps(response),
+                    started_at,
+                ),
+            )
+            step_id = cur.lastrowid
+        assert step_id is not None
+        return step_id
+
+    def add_rewards(self, step_id: int, rewards: dict[str, float] | list[dict[str, float]]) -> None:
+        """Attach rewards to a step: one dict for every choice, or a list with one dict per choice."""
+        if isinstance(rewards, dict):
+            n = self._db.execute(
+                "SELECT json_array_length(choices) FROM steps WHERE id = ?", (step_id,)
+            ).fetchone()
+            if n is None:
+                raise RolegraphError(f"no step with id {step_id}", "pass an id returned by record_step")
+            per_choice = [rewards] * max(int(n[0]), 1)
+        else:
+            per_choice = rewards
+        with self._tx() as db:
+            for index, values in enumerate(per_choice):
+                for name, value in values.items():
+                    db.execute(
+                        "INSERT OR REPLACE INTO step_rewards (step_id, choice, name, value)"
+                        " VALUES (?, ?, ?, ?)",
+                        (step_id, index, name, float(value)),
+                    )
+
+    def supersede_interrupted(self, episode_id: str, attempt: int, checkpoint_ts: float | None) -> int:
+        """Flag earlier attempts' steps started after the last checkpoint (their node never completed)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE steps SET superseded = 1 WHERE episode_id = ? AND attempt < ? AND started_at >= ?",
+                (episode_id, attempt, checkpoint_ts if checkpoint_ts is not None else 0.0),
+            )
+            return cur.rowcount
+
+    def steps(
+        self,
+        *,
+        episode_id: str | None = None,
+        role: str | None = None,
+        kind: str | None = None,
+        kept_only: bool = False,
+        finished_only: bool = False,
+        include_superseded: bool = False,
+    ) -> list[StepRecord]:
+        """Steps in the order they were recorded, filtered as asked."""
+        sql = (
+            "SELECT s.id, s.episode_id, s.attempt, s.kind, s.node, s.role, s.endpoint, s.model, s.sampling,"
+            " s.messages, s.choices, s.prompt_token_ids, s.prompt_tokens, s.completion_tokens, s.latency_s,"
+            " s.error, s.request, s.response, s.started_at"
+            " FROM steps s LEFT JOIN episodes e ON e.id = s.episode_id"
+        )
+        where: list[str] = []
+        args: list[Any] = []
+        if episode_id is not None:
+            where.append("s.episode_id = ?")
+            args.append(episode_id)
+        if role is not None:
+            where.append("s.role = ?")
+            args.append(role)
+        if kind is not None:
+            where.append("s.kind = ?")
+            args.append(kind)
+        if kept_only:
+            where.append("e.status = 'finished' AND e.kept = 1")
+        elif finished_only:
+            where.append("e.status = 'finished'")
+        if not include_superseded:
+            where.append("s.superseded = 0")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.id"
+        rows = self._db.execute(sql, args).fetchall()
+        rewards = self._rewards([row[0] for row in rows])
+        return [self._step(row, rewards.get(row[0], {})) for row in rows]
+
+    def _rewards(self, step_ids: list[int]) -> dict[int, dict[int, dict[str, float]]]:
+        out: dict[int, dict[int, dict[str, float]]] = {}
+        if not step_ids:
+            return out
+        for chunk_start in range(0, len(step_ids), 500):
+            chunk = step_ids[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for step_id, choice, name, value in self._db.execute(
+                f"SELECT step_id, choice, name, value FROM step_rewards WHERE step_id IN ({marks})", chunk
+            ):
+                out.setdefault(step_id, {}).setdefault(choice, {})[name] = value
+        return out
+
+    @staticmethod
+    def _step(row: Sequence[Any], rewards: dict[int, dict[str, float]]) -> StepRecord:
+        choices = [ChoiceRecord(**c) for c in _loads(row[10]) or []]
+        per_choice = [rewards.get(i, {}) for i in range(len(choices))] if rewards else []
+        return StepRecord(
+            id=row[0],
+            episode_id=row[1],
+            attempt=row[2],
+            kind=row[3],
+            node=row[4],
+            role=row[5],
+            endpoint=row[6],
+            model=row[7],
+            sampling=_loads(row[8]) or {},
+            messages=_loads(row[9]) or [],
+            choices=choices,
+            prompt_token_ids=_loads(row[11]),
+            prompt_tokens=row[12],
+            completion_tokens=row[13],
+            latency_s=row[14],
+            error=row[15],
+            request=_loads(row[16]),
+            response=_loads(row[17]),
+            started_at=row[18],
+            rewards=per_choice,
+        )
+
+    def usage_by_role(self) -> dict[str, dict[str, int]]:
+        """Calls and tokens per role over all recorded steps (superseded ones included: they were spent)."""
+        rows = self._db.execute(
+            "SELECT role, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) FROM steps WHERE kind = 'role'"
+            " GROUP BY role ORDER BY role"
+        ).fetchall()
+        return {
+            r[0]: {"calls": r[1], "prompt_tokens": r[2] or 0, "completion_tokens": r[3] or 0} for r in rows
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Episodes by status, plus kept and rejected among the finished ones."""
+        out = {"running": 0, "finished": 0, "failed": 0, "kept": 0, "rejected": 0}
+        for status, kept, count in self._db.execute(
+            "SELECT status, kept, COUNT(*) FROM episodes GROUP BY status, kept"
+        ):
+            out[status] += count
+            if status == "finished":
+                out["kept" if kept else "rejected"] += count
+        return out
+
+    def rejection_reasons(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT COALESCE(reason, 'unspecified'), COUNT(*) FROM episodes"
+            " WHERE status = 'finished' AND kept = 0"
+            " GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    # --- training runs ------------------------------------------------------------------------------
+    def record_training(
+        self,
+        *,
+        trainer: str,
+        inputs: Sequence[str | Path],
+        hyperparams: dict[str, Any],
+        metrics: dict[str, Any] | None = None,
+        adapter_name: str | None = None,
+        adapter_version: str | None = None,
+        adapter_path: str | Path | None = None,
+    ) -> int:
+        """Record one trainer run (its input run dirs or export files, settings, metrics and adapter)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO training_runs (trainer, inputs, hyperparams, metrics, adapter_name,"
+                " adapter_version, adapter_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    trainer,
+                    _dumps([str(p) for p in inputs]),
+                    _dumps(hyperparams),
+                    _dumps(metrics or {}),
+                    adapter_name,
+                    adapter_version,
+                    None if adapter_path is None else str(adapter_path),
+                    time.time(),
+                ),
+            )
+            run_id = cur.lastrowid
+        assert run_id is not None
+        return run_id
+
+    def training_runs(self) -> list[TrainingRunRecord]:
+        rows = self._db.execute(
+            "SELECT id, trainer, inputs, hyperparams, metrics, adapter_name, adapter_version, adapter_path,"
+            " created_at FROM training_runs ORDER BY id"
+        ).fetchall()
+        return [
+            TrainingRunRecord(
+                id=r[0],
+                trainer=r[1],
+                inputs=_loads(r[2]),
+                hyperparams=_loads(r[3]),
+                metrics=_loads(r[4]),
+                adapter_name=r[5],
+                adapter_version=r[6],
+                adapter_path=r[7],
+                created_at=r[8],
+            )
+            for r in rows
+        ]

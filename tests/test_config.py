@@ -1,0 +1,108 @@
+"""Config validation (unit, no server): bad input is a one-line ConfigError naming the field and a fix."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from rolegraph.config import (
+    BUILTIN_MODEL,
+    DEFAULT_ROLES,
+    EndpointConfig,
+    LaunchSpec,
+    apply_role_overrides,
+    default_config,
+    load_config,
+)
+from rolegraph.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_launches_the_builtin_model_for_every_role() -> None:
+    config = default_config()
+    assert set(config.roles) == set(DEFAULT_ROLES)
+    launch = config.endpoints["local"].launch
+    assert launch is not None and launch.model == BUILTIN_MODEL
+    assert launch.dtype == "float32" and launch.enforce_eager and launch.enable_lora
+    assert pickle.loads(pickle.dumps(config)) == config  # configs travel to worker processes
+
+
+def test_a_valid_file_loads_with_defaults_filled_in(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+endpoints:
+  remote: {base_url: "http://127.0.0.1:8000/v1", max_concurrency: 8}
+roles:
+  solver: {endpoint: remote, model: my-adapter, sampling: {temperature: 0, max_tokens: 32}}
+""",
+    )
+    config = load_config(path)
+    assert config.endpoints["remote"].max_concurrency == 8
+    assert config.roles["solver"].model == "my-adapter"
+    assert config.roles["solver"].sampling.max_tokens == 32
+
+
+def test_roles_default_to_the_first_endpoint(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "endpoints:\n  a: {base_url: 'http://127.0.0.1:9/v1'}\n"))
+    assert set(config.roles) == set(DEFAULT_ROLES)
+    assert {b.endpoint for b in config.roles.values()} == {"a"}
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("endpoints:\n  a: {}\n", ["endpoints.a", "base_url"]),
+        ("endpoints:\n  a: {base_url: x, launch: {}}\n", ["endpoints.a", "exactly one"]),
+        (
+            "endpoints:\n  a: {base_url: x}\nroles:\n  solver: {endpoint: b}\n",
+            ["solver", "unknown endpoint 'b'"],
+        ),
+        ("endpoints:\n  a: {launch: {port: 70000}}\n", ["endpoints.a.launch.port"]),
+        ("endpoints:\n  a: {launch: {device: tpu}}\n", ["endpoints.a.launch.device"]),
+        ("endpoints:\n  a: {base_url: x, colour: red}\n", ["endpoints.a.colour"]),
+        (
+            "endpoints:\n  a: {base_url: x}\nroles:\n  s: {endpoint: a, sampling: {max_tokens: 0}}\n",
+            ["roles.s.sampling.max_tokens"],
+        ),
+        ("endpoints: [1, 2\n", ["not valid YAML", "line"]),
+        ("- just\n- a list\n", ["expected a mapping"]),
+    ],
+)
+def test_bad_files_give_one_line_errors_naming_the_field(tmp_path: Path, text: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.hint  # every error says how to fix it
+    for name in names:
+        assert name in message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_role_overrides_rebind_and_reject_unknown_endpoints() -> None:
+    config = apply_role_overrides(default_config(), ["solver=local:solver-v3", "critic=local"])
+    assert config.roles["solver"].model == "solver-v3"
+    assert config.roles["critic"].endpoint == "local" and config.roles["critic"].model is None
+    with pytest.raises(ConfigError, match="unknown endpoint 'far'"):
+        apply_role_overrides(default_config(), ["solver=far:x"])
+    with pytest.raises(ConfigError, match="ROLE=ENDPOINT:MODEL"):
+        apply_role_overrides(default_config(), ["solver"])
+
+
+def test_schema_objects_reject_bad_values_directly() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        EndpointConfig()
+    with pytest.raises(ValueError):
+        LaunchSpec(kv_cache_gib=0)

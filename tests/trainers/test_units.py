@@ -1,0 +1,179 @@
+"""Unit tests of the trainer plumbing that needs no model: export validation, E-step selection, DPO pairs,
+adapter versions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from rolegraph.trainers.data import read_rows
+from rolegraph.trainers.em import argmax, load_seeds, proposal_text, select_candidate
+from rolegraph.trainers.grpo import StoreReward, extract_boxed, prompts_dataset
+from rolegraph.trainers.pairs import ProblemRollouts, Rollout, build_pairs, keep_reason
+from rolegraph.trainers.registry import AdapterRegistry, parse_lora_name
+
+from rolegraph.errors import TrainingError
+
+PROMPT = [{"role": "user", "content": "What is 2+3?"}]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+# --- exports ------------------------------------------------------------------------------------------
+def test_empty_export_is_a_clear_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "empty.jsonl", [])
+    with pytest.raises(TrainingError) as info:
+        read_rows(path, "sft")
+    assert str(path) in str(info.value) and "no rows" in str(info.value)
+    assert "rolegraph export" in (info.value.hint or "")
+
+
+def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
+    good = json.dumps({"prompt": PROMPT, "completion": [{"role": "assistant", "content": "5"}]})
+    path = _write(tmp_path / "bad.jsonl", [good, "{not json"])
+    with pytest.raises(TrainingError, match=r"bad\.jsonl: line 2 is not valid JSON"):
+        read_rows(path, "sft")
+
+
+@pytest.mark.parametrize(
+    ("method", "row", "message"),
+    [
+        ("sft", {"prompt": PROMPT}, "missing column"),
+        ("dpo", {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "a"}]}, "rejected"),
+        ("sft", {"prompt": [{"content": "x"}], "completion": "y"}, "without 'role'"),
+        ("sft", {"prompt": PROMPT, "completion": []}, "non-empty list"),
+        ("grpo", [1, 2], "expected a JSON object"),
+    ],
+)
+def test_malformed_rows_are_rejected(tmp_path: Path, method: str, row: object, message: str) -> None:
+    path = _write(tmp_path / "rows.jsonl", [json.dumps(row)])
+    with pytest.raises(TrainingError, match=message):
+        read_rows(path, method)
+
+
+def test_missing_export_and_unknown_method(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="does not exist"):
+        read_rows(tmp_path / "nope.jsonl", "dpo")
+    with pytest.raises(TrainingError, match="unknown training method"):
+        read_rows(tmp_path / "nope.jsonl", "ppo")
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(TrainingError, match="not a readable Parquet file"):
+        read_rows(path, "sft")
+
+
+def test_valid_export_reads(tmp_path: Path) -> None:
+    row = {"prompt": PROMPT, "chosen": "\\boxed{5}", "rejected": "\\boxed{6}"}
+    rows = read_rows(_write(tmp_path / "dpo.jsonl", [json.dumps(row)] * 3), "dpo")
+    assert len(rows) == 3 and rows[0]["chosen"] == "\\boxed{5}"
+
+
+# --- E-step selection ---------------------------------------------------------------------------------
+def test_e_step_picks_the_argmax_with_a_deterministic_scorer() -> None:
+    candidates = ["short", "a much longer rationale", "mid length"]
+
+    async def score(text: str) -> float:
+        return -abs(len(text) - 10)  # deterministic: closest to 10 characters wins
+
+    best, scores = asyncio.run(select_candidate(candidates, score))
+    assert scores == [-5, -13, 0]
+    assert best == 2
+
+
+def test_argmax_ties_and_nan() -> None:
+    assert argmax([1.0, 3.0, 3.0]) == 1
+    assert argmax([float("nan"), -2.0, -1.0]) == 2
+    with pytest.raises(TrainingError):
+        argmax([])
+
+
+def test_proposal_text_is_the_proposer_format() -> None:
+    text = proposal_text(" think ", "What is x?")
+    assert text == "## Rationale\nthink\n## Problem\nWhat is x?"
+
+
+def test_seeds_from_math500_format(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "s.jsonl", [json.dumps({"problem": "p1", "answer": "1"}), json.dumps({"problem": "p2"})]
+    )
+    seeds = load_seeds(path, limit=5)
+    assert [s.problem for s in seeds] == ["p1", "p2"] and seeds[0].concepts == ()
+    with pytest.raises(TrainingError, match="no 'problem'"):
+        load_seeds(_write(tmp_path / "b.jsonl", [json.dumps({"question": "x"})]), limit=5)
+
+
+# --- DPO pairs ----------------------------------------------------------------------------------------
+def _problem(pid: str, passes: list[bool]) -> ProblemRollouts:
+    rollouts = [Rollout(text=f"{pid}-{i}-{'ok' if ok else 'bad'}", passed=ok) for i, ok in enumerate(passes)]
+    return ProblemRollouts(problem_id=pid, prompt=PROMPT, rollouts=rollouts)
+
+
+def test_pairs_follow_the_filtering_rules() -> None:
+    problems = [
+        _problem("none", [False, False, False, False]),  # no pass → dropped
+        _problem("easy", [True, True, True, False]),  # 3/4 > 1/2 → dropped
+        _problem("half", [True, False, True, False]),  # 1/2 → kept
+        _problem("hard", [False, True, False, False]),  # 1/4 → kept
+        _problem("empty", []),
+    ]
+    rows, report = build_pairs(problems, max_pass_rate=0.5, max_pairs_per_problem=10)
+    assert report.kept == ["half", "hard"]
+    assert report.dropped == {"none": "no_pass", "easy": "too_easy", "empty": "no_rollouts"}
+    assert len(rows) == 2 * 2 + 1 * 3
+    for row in rows:
+        assert row["chosen"][0]["content"].endswith("ok")
+        assert row["rejected"][0]["content"].endswith("bad")
+        assert row["prompt"] == PROMPT
+    assert {r["problem_id"] for r in rows} == {"half", "hard"}
+
+
+def test_pair_threshold_is_configurable_and_capped() -> None:
+    easy = _problem("easy", [True, True, True, False])
+    rows, report = build_pairs([easy], max_pass_rate=0.8, max_pairs_per_problem=2)
+    assert report.kept == ["easy"] and len(rows) == 2
+    assert keep_reason(_problem("all", [True, True]), 1.0) == "no_fail"
+
+
+# --- GRPO rewards -------------------------------------------------------------------------------------
+def test_grpo_reward_prefers_stored_then_verifier() -> None:
+    rows = [
+        {"prompt": PROMPT, "input": json.dumps({"answer": "5"}), "completion": "seen text", "reward": 0.25},
+    ]
+    reward = StoreReward(rows)
+    dataset = prompts_dataset(rows)
+    assert dataset[0]["answer"] == "5"
+    completions = ["seen text", "so \\boxed{5}", "\\boxed{7}"]
+    values = reward([PROMPT] * 3, completions, answer=["5"] * 3)
+    assert values == [0.25, 1.0, 0.0]
+    assert extract_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+
+
+# --- adapter registry ---------------------------------------------------------------------------------
+def _fake_adapter(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
+def test_registry_publishes_increasing_versions_atomically(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "adapters")
+    first = registry.publish("solver", _fake_adapter(registry.staging("solver")))
+    second = registry.publish("solver", _fake_adapter(tmp_path / "elsewhere"))
+    assert (first.version, second.version) == (1, 2)
+    assert second.lora_name == "solver-v2" and second.path == tmp_path / "adapters" / "solver" / "v2"
+    # A half-written temp dir is never listed as a version.
+    (registry.role_dir("solver") / ".tmp-crashed").mkdir()
+    assert [v.version for v in registry.versions("solver")] == [1, 2]
+    assert registry.latest("solver") == second
+    assert parse_lora_name("rationale_writer-v12") == ("rationale_writer", 12)
+    assert parse_lora_name("smollm2-135m-instruct") is None
+    with pytest.raises(TrainingError, match="holds no adapter"):
+        registry.publish("solver", tmp_path)

@@ -1,0 +1,54 @@
+"""Supervised fine-tuning (TRL SFTTrainer) on conversational prompt/completion rows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datasets import Dataset
+from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
+from rolegraph.trainers.config import SFTSettings
+from rolegraph.trainers.data import load_export, to_dataset
+from rolegraph.trainers.lora import lora_config
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
+
+from rolegraph.errors import TrainingError
+
+
+def trl_config(settings: SFTSettings, output_dir: Path) -> SFTConfig:
+    """The TRL SFTConfig for these settings."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **settings.common_trl_kwargs(scratch_dir(output_dir)),
+        max_length=settings.max_length,
+        completion_only_loss=settings.completion_only_loss,
+        packing=False,
+        dataset_num_proc=None,
+    )
+
+
+def train_sft(settings: SFTSettings, data: Dataset | Path | str, output_dir: Path) -> TrainResult:
+    """Fine-tune a LoRA on `data` (an export path or a prepared Dataset) and save it in `output_dir`."""
+    started = time.perf_counter()
+    quiet()
+    dataset = data if isinstance(data, Dataset) else load_export(data, "sft")
+    if len(dataset) == 0:
+        raise TrainingError("the SFT dataset has no rows", "export a run with finished, verified episodes")
+    from trl import SFTTrainer
+
+    model, tokenizer = load_base(settings)
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_config(settings, output_dir),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings.lora),
+    )
+    return run_trainer(trainer, settings, output_dir, len(dataset), started)
+
+
+__all__ = ["to_dataset", "train_sft", "trl_config"]
