@@ -8,7 +8,6 @@ from typing import Any
 
 from rolegraph.agents.parsers import PARSERS
 from rolegraph.agents.role import Role
-
 from rolegraph.errors import ConfigError
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"

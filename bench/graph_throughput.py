@@ -25,10 +25,6 @@ from typing import Any
 
 from openai import AsyncOpenAI
 from rich.console import Console
-from rolegraph.graphs.base import RunParams
-from rolegraph.graphs.promptcot.concepts import DEFAULT_SEEDS
-from rolegraph.graphs.promptcot.graph import PROMPTCOT
-from rolegraph.graphs.runtime import PREPARE_EPISODE, run_graph
 
 from rolegraph.config import (
     DEFAULT_ROLES,
@@ -38,6 +34,10 @@ from rolegraph.config import (
     RolegraphConfig,
     SamplingParams,
 )
+from rolegraph.graphs.base import RunParams
+from rolegraph.graphs.promptcot.concepts import DEFAULT_SEEDS
+from rolegraph.graphs.promptcot.graph import PROMPTCOT
+from rolegraph.graphs.runtime import PREPARE_EPISODE, run_graph
 from rolegraph.store import Store
 
 CONCURRENCY = 32
@@ -150,7 +150,7 @@ def _write_results(text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end != -1 else "")
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 

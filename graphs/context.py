@@ -67,5 +67,5 @@ class GraphContext(Protocol):
         request: dict[str, Any],
         fn: Callable[[], Awaitable[T]],
     ) -> T:
-        """Run an environment call `fn()` and record it as a step named `name` with `request` and its result."""
+        """Run the environment call `fn()` and record it as a step named `name` with `request` and result."""
         ...

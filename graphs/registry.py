@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from rolegraph.graphs.base import GraphDef
-
 from rolegraph.errors import ConfigError
+from rolegraph.graphs.base import GraphDef
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 

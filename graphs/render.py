@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
 import networkx as nx
+
 from rolegraph.graphs.base import GraphDef
 from rolegraph.graphs.context import RoleCall
 

@@ -23,12 +23,12 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rolegraph.agents.role import Role
-from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
-from rolegraph.graphs.context import RoleCall
 
+from rolegraph.agents.role import Role
 from rolegraph.config import RoleBinding, RolegraphConfig, SamplingParams
 from rolegraph.errors import EndpointError, ModelNotFoundError, ParseError, RolegraphError
+from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
+from rolegraph.graphs.context import RoleCall
 from rolegraph.serving.types import CallResult
 from rolegraph.store import ChoiceRecord, Store
 

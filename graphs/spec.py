@@ -37,11 +37,11 @@ import yaml
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from rolegraph.agents.role import Role
+from rolegraph.errors import ConfigError
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
 from rolegraph.graphs.context import GraphContext
-
-from rolegraph.errors import ConfigError
 
 START_NAME, END_NAME = "START", "END"
 VISITS = "_visits"

@@ -21,7 +21,8 @@ async def _prompt_logprob_sum(client: httpx.AsyncClient, server: VLLMServer, tex
 
 
 async def _chat(client: httpx.AsyncClient, server: VLLMServer) -> str:
-    body = {"model": server.model, "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 12}
+    messages = [{"role": "user", "content": "Count to five."}]
+    body = {"model": server.model, "messages": messages, "max_tokens": 12}
     response = await client.post(f"{server.base_url}/chat/completions", json=body)
     response.raise_for_status()
     return str(response.json()["choices"][0]["message"]["content"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rolegraph.agents.registry import get_role
+from rolegraph.agents.role import Role
 
 from rolegraph.errors import RolegraphError
 from rolegraph.store import ChoiceRecord, Store
@@ -59,10 +60,20 @@ class Recorder:
         return get_role(role).render(variables)
 
     async def call(
-        self, role: str, *, episode_id: str, node: str, variables: dict[str, Any], **sampling: Any
+        self,
+        role: str,
+        *,
+        episode_id: str,
+        node: str,
+        variables: dict[str, Any],
+        spec: Role | None = None,
+        **sampling: Any,
     ) -> RoleOutput:
-        """One role call (n choices) with the role's bound model; parse failures leave `parsed` None."""
-        spec = get_role(role)
+        """One role call (n choices) with the role's bound model; parse failures leave `parsed` None.
+
+        `spec` replaces the role's prompt and parser (not its binding), e.g. a code prompt for the solver.
+        """
+        spec = spec or get_role(role)
         messages = spec.render(variables)
         client, model, params = self.pool.resolve(role)
         merged = params.merged(**{**spec.sampling, **sampling}) if hasattr(params, "merged") else params

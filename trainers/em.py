@@ -133,7 +133,7 @@ async def select_candidate(
     candidates: Sequence[str], score: Callable[[str], Awaitable[float]]
 ) -> tuple[int, list[float]]:
     """Score every candidate and return the argmax index with all scores."""
-    scores = [await score(c) for c in candidates]  # one at a time (see EMLoop.iteration)
+    scores = list(await asyncio.gather(*(score(c) for c in candidates)))
     return argmax(scores), scores
 
 
@@ -250,19 +250,21 @@ class EMLoop:
         """log p(x|c,z*) under the current p = log p(z*,x|c) − log p(z*|c), both recorded."""
         episode = f"it{iteration}-m-{seed.id}"
         p_prompt = self.rec.render(P_ROLE, self._vars(seed, with_problem=False))
-        full = await self.rec.score(
-            P_ROLE,
-            episode_id=episode,
-            node=f"m_target_{phase}",
-            messages=p_prompt,
-            continuation=proposal_text(z, seed.problem),
-        )
-        prefix = await self.rec.score(
-            P_ROLE,
-            episode_id=episode,
-            node=f"m_prefix_{phase}",
-            messages=p_prompt,
-            continuation=problem_prefix(z),
+        full, prefix = await asyncio.gather(
+            self.rec.score(
+                P_ROLE,
+                episode_id=episode,
+                node=f"m_target_{phase}",
+                messages=p_prompt,
+                continuation=proposal_text(z, seed.problem),
+            ),
+            self.rec.score(
+                P_ROLE,
+                episode_id=episode,
+                node=f"m_prefix_{phase}",
+                messages=p_prompt,
+                continuation=problem_prefix(z),
+            ),
         )
         if phase == "after":
             self.rec.finish(episode, {"rationale": z}, rewards={"log_p_x": full - prefix})
@@ -310,18 +312,22 @@ class EMLoop:
         return adapter.lora_name
 
     async def iteration(self, iteration: int, seeds: list[Seed]) -> IterationReport:
-        # Generation runs concurrently; scoring runs one call at a time and never beside generation, because
-        # vLLM 0.32 on CPU with LoRA enabled crashes when a prompt_logprobs request shares a batch.
         samples = await asyncio.gather(*(self.e_sample(iteration, s) for s in seeds))
-        e_results = [await self.e_select(seed, *sample) for seed, sample in zip(seeds, samples, strict=True)]
+        e_results = await asyncio.gather(
+            *(self.e_select(seed, *sample) for seed, sample in zip(seeds, samples, strict=True))
+        )
         q_name = await self.train_and_hand_off(
             Q_ROLE, self.rows(iteration, "e_sample", selected_only=True), iteration
         )
         decoded = await asyncio.gather(*(self.m_decode(iteration, s) for s in seeds))
-        before = [await self.m_score(iteration, s, z, "before") for s, z in zip(seeds, decoded, strict=True)]
+        before = await asyncio.gather(
+            *(self.m_score(iteration, s, z, "before") for s, z in zip(seeds, decoded, strict=True))
+        )
         p_rows = self.rows(iteration, "m_target_before", selected_only=False)
         p_name = await self.train_and_hand_off(P_ROLE, p_rows, iteration)
-        after = [await self.m_score(iteration, s, z, "after") for s, z in zip(seeds, decoded, strict=True)]
+        after = await asyncio.gather(
+            *(self.m_score(iteration, s, z, "after") for s, z in zip(seeds, decoded, strict=True))
+        )
         return IterationReport(
             iteration=iteration,
             mean_best_reward=sum(score for _, score in e_results) / len(e_results),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion, parse_lora_name
@@ -29,6 +30,9 @@ class AdapterClient(Protocol):
 
 class SwappablePool(Protocol):
     """What hand-off needs of rolegraph.serving.EndpointPool."""
+
+    @property
+    def bindings(self) -> Mapping[str, Any]: ...
 
     def resolve(self, role: str) -> tuple[Any, str, Any]: ...
 
@@ -61,25 +65,23 @@ def model_names(listing: Any) -> list[str]:
     return names
 
 
-def role_endpoint(pool: Any, role: str) -> str:
-    """The endpoint name a role is bound to, from the pool's config."""
-    config = getattr(pool, "config", None)
-    roles = getattr(config, "roles", {}) if config is not None else {}
-    if role not in roles:
+def role_endpoint(pool: SwappablePool, role: str) -> str:
+    """The endpoint a role is bound to right now (the pool's live binding, which follows earlier swaps)."""
+    binding = pool.bindings.get(role)
+    if binding is None:
         raise TrainingError(
             f"role '{role}' has no binding in the config", "bind it under `roles:` in the config"
         )
-    return str(roles[role].endpoint)
+    return str(binding.endpoint)
 
 
-def models_in_use(pool: Any) -> set[str]:
+def models_in_use(pool: SwappablePool) -> set[str]:
     """Models some role is bound to right now (never unloaded)."""
-    bindings = getattr(pool, "bindings", None) or {}
-    return {str(binding.model) for binding in bindings.values() if getattr(binding, "model", None)}
+    return {str(binding.model) for binding in pool.bindings.values() if binding.model}
 
 
 async def hand_off(
-    pool: Any,
+    pool: SwappablePool,
     role: str,
     adapter: AdapterVersion,
     *,
@@ -109,7 +111,7 @@ async def hand_off(
     return HandOffReport(role=role, adapter=adapter, endpoints=[endpoint], load_s=load_s, unloaded=unloaded)
 
 
-async def unload_old(client: Any, pool: Any, role: str, *, keep: int) -> list[str]:
+async def unload_old(client: Any, pool: SwappablePool, role: str, *, keep: int) -> list[str]:
     """Unload this role's adapter versions older than the newest `keep` that no role is bound to."""
     loaded = model_names(await client.list_models())
     versions = sorted(
@@ -123,7 +125,7 @@ async def unload_old(client: Any, pool: Any, role: str, *, keep: int) -> list[st
 
 
 async def publish_and_hand_off(
-    pool: Any,
+    pool: SwappablePool,
     role: str,
     trained_dir: Path,
     *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +39,14 @@ class LoopSettings:
     options: dict[str, Any] = field(default_factory=dict)
     settings: TrainSettings | None = None
     keep: int = 2
+    episodes_after: int = 0
+    """Episodes to let finish after the last hand-off before stopping (they run on the new adapter)."""
 
 
 def train_rows(
     method: str, settings: TrainSettings, rows: list[dict[str, Any]], out: Path, run_dir: Path
 ) -> TrainResult:
     """Run one trainer on in-memory export rows."""
-    from datasets import Dataset
     from rolegraph.trainers.data import to_dataset, validate_row
 
     for number, row in enumerate(rows, start=1):
@@ -62,7 +64,6 @@ def train_rows(
     from rolegraph.trainers.grpo import train_grpo
 
     assert isinstance(settings, GRPOSettings)
-    del Dataset
     return train_grpo(settings, rows, out, run_dirs=[run_dir])
 
 
@@ -72,14 +73,56 @@ def default_settings(method: str) -> TrainSettings:
     return {"sft": SFTSettings, "dpo": DPOSettings, "grpo": GRPOSettings}[method]()
 
 
+@dataclass(frozen=True)
+class TrainingRound:
+    """One training of periodic mode: what it trained on, when, and what the graph did meanwhile."""
+
+    adapter: str
+    rows: int
+    episodes_before: int
+    """Finished episodes when training started."""
+    started_at: float
+    finished_at: float
+    """Wall-clock (time.time) bounds of training, publishing and hand-off."""
+    episodes_during: int
+    """Episodes that finished inside that window: the graph kept running."""
+    handoff_s: float
+
+
+@dataclass
+class LoopReport:
+    rounds: list[TrainingRound] = field(default_factory=list)
+    episodes: int = 0
+    """Finished episodes when the loop stopped."""
+
+    @property
+    def adapters(self) -> list[str]:
+        return [r.adapter for r in self.rounds]
+
+
+def _finished_between(run_dir: Path, start: float, end: float) -> int:
+    with Store(run_dir) as store:
+        return sum(
+            1
+            for e in store.episodes(status="finished")
+            if e.finished_at is not None and start <= e.finished_at <= end
+        )
+
+
+def _finished(run_dir: Path) -> int:
+    with Store(run_dir) as store:
+        return store.counts()["finished"]
+
+
 async def periodic(
     pool: Any,
     settings: LoopSettings,
     *,
     registry: AdapterRegistry | None = None,
     on_event: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Run the graph and train every `train_every` finished episodes; returns the adapters handed off."""
+) -> LoopReport:
+    """Run the graph and train every `train_every` finished episodes in a worker thread; the graph keeps
+    issuing episodes meanwhile, and the role switches to each new adapter when its hand-off is done."""
     from rolegraph.graphs.base import RunParams
     from rolegraph.graphs.registry import get_graph
     from rolegraph.graphs.runtime import run_graph
@@ -89,33 +132,32 @@ async def periodic(
     train.model = settings.model_dir
     graph = get_graph(settings.graph)
     say = on_event or (lambda _: None)
-    handed: list[str] = []
+    report = LoopReport()
     stop = asyncio.Event()
 
     async def keep_running() -> None:
-        n = 0
+        n = _finished(settings.run_dir)  # a resumed run dir continues after its finished episodes
         while not stop.is_set():
             n += settings.batch
             params = RunParams(n=n, options=dict(settings.options))
             await run_graph(graph, pool, params, settings.run_dir, progress=False)
 
-    def finished() -> int:
-        with Store(settings.run_dir) as store:
-            return store.counts()["finished"]
+    async def wait_for(count: int) -> int:
+        """Wait until `count` episodes have finished (the graph's errors surface here)."""
+        while True:
+            if runner.done():
+                runner.result()  # re-raise the graph's error
+                raise TrainingError("the graph stopped unexpectedly", "check the run's episodes")
+            done = await asyncio.to_thread(_finished, settings.run_dir)
+            if done >= count:
+                return done
+            await asyncio.sleep(0.5)
 
     runner = asyncio.create_task(keep_running())
     try:
-        trained_at = 0
-        while len(handed) < settings.rounds:
-            if runner.done():
-                runner.result()  # re-raise the graph's error
-                raise TrainingError(
-                    "the graph stopped before training could start", "check the run's episodes"
-                )
-            done = await asyncio.to_thread(finished)
-            if done - trained_at < settings.train_every:
-                await asyncio.sleep(0.5)
-                continue
+        trained_at = await asyncio.to_thread(_finished, settings.run_dir)
+        while len(report.rounds) < settings.rounds:
+            done = await wait_for(trained_at + settings.train_every)
             trained_at = done
             with Store(settings.run_dir) as store:
                 rows = build_rows(store, fmt=settings.trainer, role=settings.role)
@@ -123,23 +165,40 @@ async def periodic(
                 say(f"{done} episodes finished, no {settings.trainer} rows for {settings.role} yet")
                 continue
             say(f"{done} episodes finished: training {settings.trainer} on {len(rows)} rows")
+            started = time.time()
             result = await asyncio.to_thread(
                 train_rows, settings.trainer, train, rows, registry.staging(settings.role), settings.run_dir
             )
             adapter = registry.publish(settings.role, result.adapter_dir)
-            report = await hand_off(pool, settings.role, adapter, keep=settings.keep)
+            handoff = await hand_off(pool, settings.role, adapter, keep=settings.keep)
+            finished_at = time.time()
+            during = await asyncio.to_thread(_finished_between, settings.run_dir, started, finished_at)
             record_training(
                 settings.run_dir,
                 result,
                 inputs=[str(settings.run_dir)],
                 adapter=adapter,
-                extra_metrics={"episodes": float(done), "handoff_s": report.load_s},
+                extra_metrics={
+                    "episodes": float(done),
+                    "episodes_during_training": float(during),
+                    "handoff_s": handoff.load_s,
+                },
             )
-            handed.append(adapter.lora_name)
-            say(f"handed off {adapter.lora_name} in {report.load_s:.2f}s")
+            report.rounds.append(
+                TrainingRound(adapter.lora_name, len(rows), done, started, finished_at, during, handoff.load_s)
+            )
+            say(
+                f"handed off {adapter.lora_name} in {handoff.load_s:.2f}s; "
+                f"{during} episodes finished while training"
+            )
+        if settings.episodes_after > 0:
+            report.episodes = await wait_for(
+                await asyncio.to_thread(_finished, settings.run_dir) + settings.episodes_after
+            )
     finally:
         stop.set()
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await runner
-    return handed
+    report.episodes = max(report.episodes, await asyncio.to_thread(_finished, settings.run_dir))
+    return report

@@ -104,6 +104,30 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """Two host FIFOs in a private folder that is bind-mounted into the sandbox (read-only) at `mount`.
+
+    They bypass the docker client/daemon/shim relay of `docker attach`. Once the worker has opened them the
+    host unlinks them, so nothing in the sandbox can open them again by path.
+    """
+
+    folder: str
+    mount: str
+
+    @property
+    def requests(self) -> str:
+        return f"{self.folder}/requests"
+
+    @property
+    def replies(self) -> str:
+        return f"{self.folder}/replies"
+
+    def worker_view(self) -> dict[str, str]:
+        """The FIFOs' paths as the worker sees them inside the sandbox."""
+        return {"requests": f"{self.mount}/requests", "replies": f"{self.mount}/replies"}
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """How to start one worker process: argv, environment, host user, and how to tear it down."""
 
@@ -117,6 +141,8 @@ class LaunchPlan:
     """A command printing the host pid of the sandbox's PID 1 (docker inspect)."""
     init_is_child: bool = False
     """The sandbox's PID 1 is the launched process's only child (bwrap)."""
+    channel: Channel | None = None
+    """FIFOs that carry requests and replies instead of the launcher's stdin/stdout (docker)."""
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
 

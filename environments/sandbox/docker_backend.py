@@ -10,10 +10,12 @@ from typing import Any
 
 from rolegraph.environments.sandbox.base import LaunchPlan, Limits
 from rolegraph.environments.sandbox.image import image_exists, image_tag
-from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, worker_source
+from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, make_channel, worker_source
 
 LABEL = "rolegraph.sandbox"
 NOBODY = "65534:65534"
+NOBODY_UID = 65534
+CHANNEL_MOUNT = "/run/rolegraph"
 WORKER_OVERHEAD_MB = 256
 """Memory for the fork server itself (with numpy and sympy preloaded) on top of one run's limit."""
 ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -72,6 +74,7 @@ class DockerBackend:
 
     def plan(self, limits: Limits, worker_config: dict[str, Any]) -> LaunchPlan:
         name = f"rolegraph-sbx-{uuid.uuid4().hex[:12]}"
+        channel = make_channel(CHANNEL_MOUNT, NOBODY_UID)
         config = {
             **worker_config,
             "sandboxed": True,
@@ -81,9 +84,11 @@ class DockerBackend:
             # Without a user namespace RLIMIT_NPROC would count every container's nobody processes together;
             # the per-container pids cgroup is the process limit here.
             "nproc_rlimit": False,
+            "channel": channel.worker_view(),
         }
         run = container_run_argv(name, limits, self.image)
-        run.insert(2, "-i")
+        # Read-only: the sandbox can open the two FIFOs (special files ignore a read-only mount) and nothing else.
+        run[2:2] = ["-i", "--mount", f"type=bind,source={channel.folder},target={CHANNEL_MOUNT},readonly"]
         argv = [*run, "python3", "-I", "-S", "-B", "-c", worker_source(), json.dumps(config)]
         return LaunchPlan(
             argv=argv,
@@ -91,6 +96,7 @@ class DockerBackend:
             cleanup_argv=["docker", "rm", "-f", name],
             pid_probe_argv=["docker", "inspect", "--format", "{{.State.Pid}}", name],
             name=name,
+            channel=channel,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import itertools
@@ -23,7 +24,9 @@ from rolegraph.errors import SandboxError
 HOST_GRACE_S = 5.0
 """Extra seconds the host waits beyond a run's own limit before it destroys an unresponsive worker."""
 DEFAULT_PRELOAD: tuple[str, ...] = ()
-"""Modules imported once by each worker so runs get them for free; costs fork time on every run."""
+"""Modules imported once by each plain worker so runs get them for free; costs fork time on every run."""
+DEFAULT_HEAVY_MODULES: tuple[str, ...] = ("numpy", "sympy")
+"""Modules that send a job to the heavy lane, whose workers import and warm them up once."""
 
 
 @dataclass
@@ -50,39 +53,30 @@ class Job:
         return {**payload, **self.extra}
 
 
-class SandboxPool:
-    """A pool of warm workers of one backend. Thread-safe; async methods run the blocking parts in threads.
-
-    Runs do not see each other: each one is a fresh fork of the worker with its own wiped scratch directory.
-    A worker whose run timed out, ran out of memory, flooded its output or left processes behind is destroyed.
-    """
+class Lane:
+    """Warm workers of one kind (one preload list) within a pool: start, hand out, take back, replace."""
 
     def __init__(
         self,
-        backend: str | Backend = "auto",
-        *,
-        size: int = 2,
-        limits: Limits | None = None,
-        preload: Sequence[str] = DEFAULT_PRELOAD,
-        pin_cpus: bool = False,
-        warm: bool = True,
+        backend: Backend,
+        size: int,
+        limits: Limits,
+        preload: Sequence[str],
+        pin_cpus: bool,
+        background: ThreadPoolExecutor,
     ) -> None:
-        self.backend = resolve_backend(backend) if isinstance(backend, str) else backend
-        self.size = max(1, size)
-        self.limits = limits or Limits()
+        self.backend = backend
+        self.size = size
+        self.limits = limits
         self.preload = list(preload)
         self.pin_cpus = pin_cpus
+        self.closed = False
+        self._background = background
         self._idle: queue.LifoQueue[WorkerProcess] = queue.LifoQueue()
         self._count = 0
         self._count_lock = threading.Lock()
         self._cpu = itertools.count()
-        self._closed = False
         self._live: set[WorkerProcess] = set()
-        self._batch = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="rolegraph-sandbox-batch")
-        if warm:
-            self.warm()
-
-    # ------------------------------------------------------------------------------------------- workers
 
     def _worker_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"preload": self.preload}
@@ -116,8 +110,8 @@ class SandboxPool:
         if errors:
             raise errors[0]
 
-    def _acquire(self) -> WorkerProcess:
-        if self._closed:
+    def acquire(self) -> WorkerProcess:
+        if self.closed:
             raise SandboxError("the sandbox pool is closed", "create a new SandboxPool")
         try:
             return self._idle.get_nowait()
@@ -136,8 +130,8 @@ class SandboxPool:
                 raise
         return self._idle.get()
 
-    def _release(self, worker: WorkerProcess, reusable: bool) -> None:
-        if reusable and not self._closed and worker.alive:
+    def release(self, worker: WorkerProcess, reusable: bool) -> None:
+        if reusable and not self.closed and worker.alive:
             self._idle.put(worker)
             return
         self._discard(worker)
@@ -147,14 +141,14 @@ class SandboxPool:
         with self._count_lock:
             self._live.discard(worker)
             self._count -= 1
-        if not self._closed:
-            self._batch.submit(self._refill)
+        if not self.closed:
+            self._background.submit(self._refill)
 
     def _refill(self) -> None:
-        """Replace a destroyed worker in the background, so the pool stays warm."""
+        """Replace a destroyed worker in the background, so the lane stays warm."""
         try:
             with self._count_lock:
-                if self._count >= self.size or self._closed:
+                if self._count >= self.size or self.closed:
                     return
                 self._count += 1
             try:
@@ -165,6 +159,113 @@ class SandboxPool:
         except Exception:
             pass
 
+    def take(self) -> WorkerProcess:
+        """Take a worker out of the lane for good; a replacement starts in the background."""
+        worker = self.acquire()
+        with self._count_lock:
+            self._live.discard(worker)
+            self._count -= 1
+        self._background.submit(self._refill)
+        return worker
+
+    def workers(self) -> list[WorkerProcess]:
+        with self._count_lock:
+            return list(self._live)
+
+    def close(self) -> list[WorkerProcess]:
+        """Stop handing out workers; returns the live ones for the caller to destroy."""
+        self.closed = True
+        with self._count_lock:
+            workers = list(self._live)
+            self._live.clear()
+            self._count = 0
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        return workers
+
+
+def imported_roots(*sources: str | None) -> set[str]:
+    """Top-level names of the modules that `import` statements in these sources name (parsed, never run)."""
+    roots: set[str] = set()
+    for source in sources:
+        if not source:
+            continue
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue  # the sandbox reports it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots.add(node.module.split(".")[0])
+    return roots
+
+
+class SandboxPool:
+    """A pool of warm workers of one backend. Thread-safe; async methods run the blocking parts in threads.
+
+    Runs do not see each other: each one is a fresh fork of the worker with its own wiped scratch directory.
+    A worker whose run timed out, ran out of memory, flooded its output or left processes behind is destroyed.
+
+    Two lanes of workers: the plain one (only `preload`) runs most code, and a second one with `heavy_modules`
+    imported and warmed up runs code that imports any of them, so that code pays no import. A plain worker
+    forks several times faster than one holding numpy and sympy. The heavy lane starts on first use.
+    """
+
+    def __init__(
+        self,
+        backend: str | Backend = "auto",
+        *,
+        size: int = 2,
+        limits: Limits | None = None,
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+        heavy_modules: Sequence[str] = DEFAULT_HEAVY_MODULES,
+        pin_cpus: bool = False,
+        warm: bool = True,
+    ) -> None:
+        self.backend = resolve_backend(backend) if isinstance(backend, str) else backend
+        self.size = max(1, size)
+        self.limits = limits or Limits()
+        self.preload = list(preload)
+        self.heavy_modules = [name for name in heavy_modules if name not in self.preload]
+        self.pin_cpus = pin_cpus
+        self._closed = False
+        self._batch = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="rolegraph-sandbox-batch")
+        self._plain = self._lane(self.preload)
+        self._heavy: Lane | None = None
+        self._heavy_lock = threading.Lock()
+        if warm:
+            self.warm()
+
+    # ------------------------------------------------------------------------------------------- workers
+
+    def _lane(self, preload: Sequence[str]) -> Lane:
+        return Lane(self.backend, self.size, self.limits, preload, self.pin_cpus, self._batch)
+
+    def heavy_lane(self) -> Lane:
+        """The lane whose workers preload `heavy_modules`; started (all its workers) on first use."""
+        with self._heavy_lock:
+            if self._heavy is None:
+                if self._closed:
+                    raise SandboxError("the sandbox pool is closed", "create a new SandboxPool")
+                self._heavy = self._lane([*self.preload, *self.heavy_modules])
+            lane = self._heavy
+        lane.warm()
+        return lane
+
+    def lane_for(self, job: Job) -> Lane:
+        """The heavy lane when the job's code imports a heavy module, else the plain lane."""
+        if self.heavy_modules and imported_roots(job.code, job.tests) & set(self.heavy_modules):
+            return self.heavy_lane()
+        return self._plain
+
+    def warm(self, *, heavy: bool = False) -> None:
+        """Start the plain lane's workers (and the heavy lane's too with `heavy=True`)."""
+        self._plain.warm()
+        if heavy and self.heavy_modules:
+            self.heavy_lane()
+
     # ------------------------------------------------------------------------------------------ running
 
     def execute(self, job: Job) -> ExecResult:
@@ -172,7 +273,8 @@ class SandboxPool:
         limits = job.limits or self.limits
         if self.backend.warns:
             print(_local_warning(), file=sys.stderr, flush=True)
-        worker = self._acquire()
+        lane = self.lane_for(job)
+        worker = lane.acquire()
         reusable = False
         try:
             reply = worker.request(job.payload(limits), timeout=limits.timeout_s + HOST_GRACE_S)
@@ -185,7 +287,7 @@ class SandboxPool:
         else:
             result = ExecResult.from_reply(reply, self.backend.name)
             reusable = result.status not in MISBEHAVED and not reply.get("dirty", False)
-        self._release(worker, reusable)
+        lane.release(worker, reusable)
         return result
 
     def run(self, code: str, *, stdin: str | None = None, limits: Limits | None = None) -> ExecResult:
@@ -258,13 +360,8 @@ class SandboxPool:
     # ---------------------------------------------------------------------------------------- sessions
 
     def take_worker(self) -> WorkerProcess:
-        """Take a worker out of the pool for good (a session owns it); the pool starts a replacement."""
-        worker = self._acquire()
-        with self._count_lock:
-            self._live.discard(worker)
-            self._count -= 1
-        self._batch.submit(self._refill)
-        return worker
+        """Take a plain worker out of the pool for good (a session owns it); the pool starts a replacement."""
+        return self._plain.take()
 
     def session(self, limits: Limits | None = None) -> Any:
         """A stateful interpreter session on a worker of this pool (see `Session`)."""
@@ -273,24 +370,24 @@ class SandboxPool:
         return Session(self.take_worker(), limits or self.limits, self.backend)
 
     def workers(self) -> list[WorkerProcess]:
-        """The live workers (idle or busy), e.g. to inspect their processes."""
-        with self._count_lock:
-            return list(self._live)
+        """The live workers of both lanes (idle or busy), e.g. to inspect their processes."""
+        heavy = self._heavy.workers() if self._heavy is not None else []
+        return [*self._plain.workers(), *heavy]
 
     # --------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
         """Destroy every worker. Idempotent."""
         self._closed = True
+        self._plain.closed = True
+        with self._heavy_lock:
+            lanes = [self._plain] if self._heavy is None else [self._plain, self._heavy]
+        for lane in lanes:
+            lane.closed = True
         self._batch.shutdown(wait=True, cancel_futures=True)
-        with self._count_lock:
-            workers = list(self._live)
-            self._live.clear()
-            self._count = 0
-        while not self._idle.empty():
-            self._idle.get_nowait()
-        for worker in workers:
-            worker.destroy()
+        for lane in lanes:
+            for worker in lane.close():
+                worker.destroy()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
-from rolegraph.environments.sandbox.base import Backend, Limits
+from rolegraph.environments.sandbox.base import Backend, Channel, Limits
 
 from rolegraph.errors import SandboxError
 
@@ -35,6 +36,20 @@ def worker_source() -> str:
     return _WORKER_SOURCE
 
 
+def make_channel(mount: str, owner: int | None) -> Channel:
+    """A private folder with the two FIFOs of one worker; `owner` (a uid) is who may open them."""
+    folder = tempfile.mkdtemp(prefix="rolegraph-sbx-chan-")
+    os.chmod(folder, 0o711)  # the sandbox user may open the FIFOs by exact path but not list the folder
+    channel = Channel(folder=folder, mount=mount)
+    for path in (channel.requests, channel.replies):
+        os.mkfifo(path, 0o600)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, owner, owner)
+        else:
+            os.chmod(path, 0o666)
+    return channel
+
+
 class WorkerGone(Exception):
     """The worker closed its pipe or did not answer in time; it must be destroyed."""
 
@@ -52,7 +67,20 @@ class WorkerProcess:
         self.destroyed = False
         self.sandbox_pid: int | None = None
         """Host pid of the process that is PID 1 inside the sandbox (the fork server), once it is ready."""
-        self.proc: subprocess.Popen[bytes] = _SPAWNER.submit(self._spawn).result()
+        self._channel_fds: list[int] = []
+        self._in_fd: int | None = None
+        if self.plan.channel is not None:
+            # Opened before the worker starts so its own opens never block: our read end of the replies, and
+            # requests opened read-write for now (a FIFO open for writing needs a reader to exist).
+            self._channel_fds = [
+                os.open(self.plan.channel.replies, os.O_RDONLY | os.O_NONBLOCK),
+                os.open(self.plan.channel.requests, os.O_RDWR),
+            ]
+        try:
+            self.proc: subprocess.Popen[bytes] = _SPAWNER.submit(self._spawn).result()
+        except BaseException:
+            self._close_channel()
+            raise
         self._selector = selectors.DefaultSelector()
         assert self.proc.stdout is not None
         self._out_fd = self.proc.stdout.fileno()
@@ -91,7 +119,44 @@ class WorkerProcess:
         if not json.loads(hello).get("ready"):
             self.destroy()
             raise SandboxError(f"the {self.backend.name} sandbox sent {hello[:80]!r}", "report this as a bug")
+        if self.plan.channel is not None:
+            self._switch_to_channel(self.plan.channel)
         self.sandbox_pid = self._find_sandbox_pid()
+
+    def _switch_to_channel(self, channel: Channel) -> None:
+        """The worker has opened both FIFOs: talk through them from now on, and remove their names."""
+        replies, requests_rw = self._channel_fds
+        # A write-only end first (the worker is reading, so this cannot block), then drop the read-write one:
+        # the worker never sees zero writers, and we get EPIPE rather than a hang if the worker dies.
+        requests = os.open(channel.requests, os.O_WRONLY | os.O_NONBLOCK)
+        os.set_blocking(requests, True)
+        os.close(requests_rw)
+        self._channel_fds = [replies, requests]
+        shutil.rmtree(channel.folder, ignore_errors=True)
+        self._selector.unregister(self._out_fd)
+        self._out_fd = replies
+        self._in_fd = requests
+        self._selector.register(replies, selectors.EVENT_READ)
+        if self._buffer:
+            self._buffer.clear()  # nothing but the hello ever comes on stdout
+
+    def _send(self, data: bytes) -> None:
+        if self._in_fd is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._in_fd, view) :]
+
+    def _close_channel(self) -> None:
+        for fd in self._channel_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._channel_fds = []
+        if self.plan.channel is not None:
+            shutil.rmtree(self.plan.channel.folder, ignore_errors=True)
 
     def _find_sandbox_pid(self) -> int | None:
         if self.plan.pid_probe_argv:
@@ -114,8 +179,7 @@ class WorkerProcess:
             self._next_id += 1
             payload = {**payload, "id": self._next_id}
             try:
-                self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
-                self.proc.stdin.flush()
+                self._send(json.dumps(payload).encode() + b"\n")
             except (BrokenPipeError, OSError) as exc:
                 raise WorkerGone(f"worker pipe closed: {exc}") from exc
             deadline = time.monotonic() + timeout
@@ -186,6 +250,7 @@ class WorkerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(self.plan.cleanup_argv, capture_output=True, timeout=60, check=False)
         self._selector.close()
+        self._close_channel()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()

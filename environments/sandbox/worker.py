@@ -14,6 +14,7 @@ import ast
 import builtins
 import contextlib
 import ctypes
+import gc
 import io
 import json
 import os
@@ -28,46 +29,83 @@ import traceback
 OUTPUT_PIPES = ("stdout", "stderr")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 MAX_RESULT_BYTES = 8 * 1024 * 1024
+STDIN_NAME = ".stdin"
 
 
 # --------------------------------------------------------------------------------------------- worker side
 
 
 class Worker:
-    """The parent process: owns stdin/stdout to the host and forks one child per execution."""
+    """The parent process: talks to the host and forks one child per execution.
 
-    def __init__(self, config):
+    The child for the next execution is forked ahead of time (a "spare"), once the previous run is over and
+    cleaned up, so a request pays only for the pipe hop and the program itself. The spare is forked after
+    every leftover of the previous run is dead, so no run ever shares the sandbox with the next run's process.
+    """
+
+    def __init__(self, config, in_fd=0, out_fd=1):
         self.sandboxed = bool(config.get("sandboxed"))
         self.scratch = config.get("scratch") or "/tmp"
         self.wipe_dirs = list(config.get("wipe_dirs") or [])
         self.nproc_rlimit = bool(config.get("nproc_rlimit", True))
+        self.prefork = bool(config.get("prefork", True))
+        self.in_fd = in_fd
+        self.out_fd = out_fd
         self.runs = 0
         self.dirty = False
         self.kernel = None  # (pid, control_w, reply_r, out_r, err_r, run_dir) while a session is open
+        self.spare = None  # (pid, pidfd, request_w, out_r, err_r, res_r, run_dir): the next run's child
+        self.used_dirs = []  # run directories to wipe once the reply is sent
         self.is_init = os.getpid() == 1 and self.sandboxed
 
     def serve(self):
-        out = sys.stdout.buffer
-        for line in sys.stdin.buffer:
-            if not line.strip():
+        buf = bytearray()
+        while True:
+            newline = buf.find(b"\n")
+            if newline < 0:
+                chunk = os.read(self.in_fd, 1 << 20)
+                if not chunk:
+                    return
+                buf += chunk
                 continue
+            line = bytes(buf[:newline])
+            del buf[: newline + 1]
+            if line.strip():
+                write_all(self.out_fd, self.answer(line))
+            del line
+            # The reply is out: tidy up and fork the next child while the host reads it. The next request is
+            # read only after this, so no run starts before the previous one's files are gone.
+            self.idle()
+
+    def answer(self, line):
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            reply = {"status": "sandbox_error", "error": f"bad request: {exc}"}
+        else:
             try:
-                request = json.loads(line)
-            except ValueError as exc:
-                reply = {"status": "sandbox_error", "error": f"bad request: {exc}"}
-            else:
-                try:
-                    reply = self.handle(request)
-                except Exception:
-                    reply = {"status": "sandbox_error", "error": traceback.format_exc(limit=3)}
-                reply["id"] = request.get("id")
-            out.write(json.dumps(reply).encode() + b"\n")
-            out.flush()
+                reply = self.handle(request)
+            except Exception:
+                reply = {"status": "sandbox_error", "error": traceback.format_exc(limit=3)}
+            reply["id"] = request.get("id")
+        return json.dumps(reply).encode() + b"\n"
+
+    def idle(self):
+        """Work that need not delay a reply: wipe the last run's files, then fork the next run's child."""
+        if self.used_dirs:
+            for path in self.used_dirs:
+                shutil.rmtree(path, ignore_errors=True)
+            self.used_dirs = []
+            for folder in self.wipe_dirs:
+                wipe(folder)
+        if self.prefork and self.spare is None and self.kernel is None:
+            self.spare = self.fork_spare()
 
     def handle(self, request):
         op = request.get("op")
         if op == "ping":
-            return {"status": "ok", "pid": os.getpid(), "uid": os.getuid(), "init": self.is_init}
+            spare = self.spare[0] if self.spare else None
+            return {"status": "ok", "pid": os.getpid(), "uid": os.getuid(), "init": self.is_init, "spare": spare}
         if op in ("exec", "call", "tests"):
             return self.run_child(request)
         if op == "session_open":
@@ -87,40 +125,70 @@ class Worker:
         os.makedirs(path, mode=0o700)
         return path
 
-    def run_child(self, request):
-        limits = request.get("limits") or {}
+    def fork_spare(self):
+        """Fork a child that sets itself up (own session, fds, cwd, env) and then waits for its request."""
         run_dir = self.new_run_dir()
-        stdin_path = None
-        if request.get("stdin"):
-            stdin_path = os.path.join(run_dir, ".stdin")
-            with open(stdin_path, "w") as handle:
-                handle.write(request["stdin"])
+        req_r, req_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
-        started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # child: never returns
-            os.close(out_r)
-            os.close(err_r)
-            os.close(res_r)
-            child_main(request, limits, run_dir, stdin_path, out_w, err_w, res_w, self.nproc_rlimit)
-        os.close(out_w)
-        os.close(err_w)
-        os.close(res_w)
-        outcome = self.collect(pid, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
-        dirty = self.cleanup(pid, run_dir)
-        outcome["dirty"] = dirty
+            for fd in (req_w, out_r, err_r, res_r):
+                os.close(fd)
+            spare_main(run_dir, req_r, out_w, err_w, res_w, self.nproc_rlimit)
+        for fd in (req_r, out_w, err_w, res_w):
+            os.close(fd)
+        return (pid, os.pidfd_open(pid), req_w, out_r, err_r, res_r, run_dir)
+
+    def take_spare(self):
+        """The prepared child, or a new one when there is none or it died (e.g. a session killed it)."""
+        spare, self.spare = self.spare, None
+        if spare is not None and select.select([spare[1]], [], [], 0)[0]:
+            self.drop_spare(spare)
+            spare = None
+        return spare or self.fork_spare()
+
+    def drop_spare(self, spare=None):
+        if spare is None:
+            spare, self.spare = self.spare, None
+        if spare is None:
+            return
+        pid, pidfd, req_w, out_r, err_r, res_r, run_dir = spare
+        kill_tree(pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        for fd in (pidfd, req_w, out_r, err_r, res_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    def run_child(self, request):
+        limits = request.get("limits") or {}
+        pid, pidfd, req_w, out_r, err_r, res_r, run_dir = self.take_spare()
+        if request.get("stdin"):
+            with open(os.path.join(run_dir, STDIN_NAME), "w") as handle:
+                handle.write(request["stdin"])
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # a child that died already is reported by collect
+            write_all(req_w, json.dumps(request).encode())
+        os.close(req_w)
+        try:
+            outcome = self.collect(pid, pidfd, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
+        finally:
+            os.close(pidfd)
+        outcome["dirty"] = self.kill_leftovers(pid) or self.dirty
+        self.dirty = False
+        self.used_dirs.append(run_dir)
         return outcome
 
-    def collect(self, pid, pipes, res_r, limits, started):
+    def collect(self, pid, pidfd, pipes, res_r, limits, started):
         """Wait for the child, capturing its output, until it exits, times out or floods its output."""
         timeout = float(limits.get("timeout_s", 10))
         max_output = int(limits.get("max_output_bytes", 1 << 20))
         keep = int(limits.get("keep_output_bytes", 64 * 1024))
         captures = {name: Capture(keep) for name in pipes}
         result = bytearray()
-        pidfd = os.pidfd_open(pid)
         open_fds = {fd: name for name, fd in pipes.items()}
         open_fds[res_r] = "result"
         status = None
@@ -159,7 +227,6 @@ class Worker:
             for fd, name in list(open_fds.items()):
                 drain(fd, captures.get(name), result if name == "result" else None)
         finally:
-            os.close(pidfd)
             for fd in open_fds:
                 os.close(fd)
         duration = time.monotonic() - started
@@ -235,6 +302,7 @@ class Worker:
 
     def session_open(self, request):
         self.kill_kernel()
+        self.drop_spare()  # a kernel lives long: keep no idle child beside it
         limits = request.get("limits") or {}
         run_dir = self.new_run_dir()
         ctl_r, ctl_w = os.pipe()
@@ -439,6 +507,12 @@ def wipe(folder):
                 os.unlink(path)
 
 
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_frame(fd, payload):
     data = b"%d\n" % len(payload) + payload
     while data:
@@ -461,13 +535,19 @@ def read_frame(buf):
 
 
 def enter_child(limits, run_dir, stdin_path, out_w, err_w, nproc_rlimit):
-    """Everything a fresh child does before running code: own group, rlimits, fds, clean env, cwd."""
+    """Everything a fresh child does before running code: own group, fds, clean env, cwd, rlimits."""
+    prepare_child(run_dir, out_w, err_w)
+    apply_rlimits(limits, nproc_rlimit)
+    if stdin_path:
+        redirect_stdin(stdin_path)
+
+
+def prepare_child(run_dir, out_w, err_w):
+    """The part of a child's setup that does not depend on its request (done ahead of time by spares)."""
     os.setsid()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    apply_rlimits(limits, nproc_rlimit)
-    stdin_fd = os.open(stdin_path or os.devnull, os.O_RDONLY)
-    os.dup2(stdin_fd, 0)
+    redirect_stdin(os.devnull)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.chdir(run_dir)
@@ -478,8 +558,19 @@ def enter_child(limits, run_dir, stdin_path, out_w, err_w, nproc_rlimit):
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace")
     sys.argv = ["program"]
-    if "random" in sys.modules:  # a preloaded module imported it: children must not share one seed
+    # Preloaded modules were seeded once in the worker: children must not share one random sequence.
+    if "random" in sys.modules:
         sys.modules["random"].seed()
+    if "numpy.random" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["numpy.random"].seed()
+
+
+def redirect_stdin(path):
+    fd = os.open(path, os.O_RDONLY)
+    if fd != 0:
+        os.dup2(fd, 0)
+        os.close(fd)
 
 
 def apply_rlimits(limits, nproc_rlimit):
@@ -505,18 +596,40 @@ def move_fd(fd):
     return target
 
 
-def child_main(request, limits, run_dir, stdin_path, out_w, err_w, res_w, nproc_rlimit):
+def spare_main(run_dir, req_r, out_w, err_w, res_w, nproc_rlimit):
+    """A child forked ahead of time: set up, wait for the request, apply its limits, run it."""
     code = 1
     try:
         res_fd = move_fd(res_w)
-        enter_child(limits, run_dir, stdin_path, out_w, err_w, nproc_rlimit)
-        os.closerange(3, res_fd)
-        os.closerange(res_fd + 1, 4096)
+        prepare_child(run_dir, out_w, err_w)
+        keep = sorted({req_r, res_fd})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 4096)
+        data = read_all(req_r)
+        os.close(req_r)
+        if not data:  # the worker dropped this spare
+            code = 0
+            return
+        request = json.loads(data)
+        apply_rlimits(request.get("limits") or {}, nproc_rlimit)
+        if request.get("stdin"):
+            redirect_stdin(STDIN_NAME)
+        del data
         code = run_request(request, res_fd)
     except BaseException:
         code = 1
     finally:
         os._exit(code)
+
+
+def read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def report_to(fd, payload):
@@ -672,6 +785,39 @@ def harden():
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
 
 
+WARM_UPS = {
+    # Run once in the worker after its import, so every child finds sympy's lazily imported parts loaded.
+    "sympy": (
+        "x, y = sympy.symbols('x y')\n"
+        "sympy.expand((x + 1) ** 3); sympy.factor(x ** 2 - 1); sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n"
+        "sympy.solve(x ** 2 - 4, x); sympy.Rational(1, 3) + sympy.sqrt(8); sympy.integrate(x ** 2, x)\n"
+        "sympy.diff(sympy.exp(x) * y, x); str(sympy.Matrix([[1, 2], [3, 4]]).det()); sympy.latex(x / y)\n"
+        "sympy.core.cache.clear_cache()"
+    ),
+    "numpy": "numpy.linalg.inv(numpy.eye(3) * 2).sum(); numpy.arange(10).reshape(2, 5).mean(axis=0)",
+}
+
+
+def preload(names):
+    """Import (and warm up) modules once in the worker, so runs get them for free."""
+    for name in names:
+        try:
+            module = __import__(name)
+            if name in WARM_UPS:
+                exec(WARM_UPS[name], {name: module})
+        except Exception:
+            continue
+
+
+def open_channel(channel):
+    """The FIFOs the host made for this worker (a hop-free path past `docker attach`): (requests, replies)."""
+    if not channel:
+        return 0, 1
+    requests = os.open(channel["requests"], os.O_RDONLY)
+    replies = os.open(channel["replies"], os.O_WRONLY)
+    return requests, replies
+
+
 def main():
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     harden()
@@ -686,12 +832,15 @@ def main():
             os.sched_setaffinity(0, {cpus[int(config["cpu"]) % len(cpus)]})
         except (OSError, ValueError, IndexError):
             pass
-    for name in config.get("preload") or []:
-        with contextlib.suppress(Exception):
-            __import__(name)
+    preload(config.get("preload") or [])
+    gc.collect()
+    gc.freeze()  # children then never touch (and so never copy) the worker's objects when they collect
+    in_fd, out_fd = open_channel(config.get("channel"))
     sys.stdout.buffer.write(b'{"ready": true}\n')
     sys.stdout.buffer.flush()
-    Worker(config).serve()
+    worker = Worker(config, in_fd, out_fd)
+    worker.idle()
+    worker.serve()
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from rolegraph.agents.parsers import normalize_concept
+from rolegraph.errors import ConfigError, RolegraphError
 from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.promptcot.state import PromptCotOptions
 from rolegraph.graphs.runtime import PREPARE_EPISODE
-
-from rolegraph.errors import ConfigError, RolegraphError
 from rolegraph.paths import cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

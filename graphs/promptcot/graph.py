@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
+
 from rolegraph.agents.parsers import normalize_concept
+from rolegraph.errors import ConfigError
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
 from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.promptcot import nodes
@@ -19,8 +21,6 @@ from rolegraph.graphs.promptcot.concepts import prepare_concepts
 from rolegraph.graphs.promptcot.embeddings import embed, texts_key
 from rolegraph.graphs.promptcot.sampler import ConceptSampler, cooccurrence_graph
 from rolegraph.graphs.promptcot.state import PromptCotOptions, PromptCotState
-
-from rolegraph.errors import ConfigError
 
 NodeFn = Callable[[PromptCotState, GraphContext], Awaitable[dict[str, Any]]]
 VERDICT_REWARD = {"perfect": 1.0, "acceptable": 0.5, "bad": 0.0}

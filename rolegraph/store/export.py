@@ -98,6 +98,15 @@ def _messages(step: StepRecord) -> list[dict[str, str]]:
     return [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in step.messages]
 
 
+def _prompt_and_prefix(step: StepRecord) -> tuple[list[dict[str, str]], str]:
+    """Split off a prefilled assistant message: roles may start the answer (e.g. `## Rationale`) and the
+    model continues it, so for training the prefix belongs to the completion, not the prompt."""
+    messages = _messages(step)
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
+
+
 def _raw_row(step: StepRecord, episode: EpisodeRecord | None) -> dict[str, Any]:
     return {
         "step_id": step.id,
@@ -137,11 +146,12 @@ def _good_choices(step: StepRecord) -> Iterable[tuple[int, str]]:
 
 
 def _sft_rows(steps: list[StepRecord]) -> list[dict[str, Any]]:
-    return [
-        {"prompt": _messages(s), "completion": [{"role": "assistant", "content": text}]}
-        for s in steps
-        for _, text in _good_choices(s)
-    ]
+    rows = []
+    for step in steps:
+        prompt, prefix = _prompt_and_prefix(step)
+        for _, text in _good_choices(step):
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": prefix + text}]})
+    return rows
 
 
 def choice_reward(step: StepRecord, index: int, episode: EpisodeRecord | None) -> dict[str, float]:
@@ -167,12 +177,12 @@ def _dpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> li
     groups: dict[str, list[tuple[float, str]]] = {}
     prompts: dict[str, list[dict[str, str]]] = {}
     for step in steps:
-        messages = _messages(step)
+        messages, prefix = _prompt_and_prefix(step)
         key = json.dumps(messages, sort_keys=True)
         prompts[key] = messages
         for index, text in _good_choices(step):
             reward = scalar_reward(choice_reward(step, index, episodes.get(step.episode_id)))
-            groups.setdefault(key, []).append((reward, text))
+            groups.setdefault(key, []).append((reward, prefix + text))
     rows: list[dict[str, Any]] = []
     for key, candidates in groups.items():
         ranked = sorted(candidates, key=lambda c: -c[0])

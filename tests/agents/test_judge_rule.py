@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from rolegraph.agents.parsers import CRITERIA, verdict_from_criteria
 
+from rolegraph.agents.parsers import CRITERIA, verdict_from_criteria
 from rolegraph.errors import ParseError
 
 

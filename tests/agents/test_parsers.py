@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from rolegraph.agents.parsers import (
     PARSERS,
     last_boxed,
@@ -18,7 +19,6 @@ from rolegraph.agents.parsers import (
     parse_text,
     parse_verdict,
 )
-
 from rolegraph.errors import ParseError
 
 FRAGMENTS = st.sampled_from(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rolegraph.agents.registry import get_role, list_roles, register_role, role_from_file
 from rolegraph.agents.role import Role
-
 from rolegraph.errors import ConfigError, ParseError
 
 

@@ -7,12 +7,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from rolegraph.config import RolegraphConfig
 from rolegraph.graphs.base import RunParams
 from rolegraph.graphs.promptcot.concepts import DEFAULT_SEEDS
 from rolegraph.graphs.promptcot.graph import PROMPTCOT
 from rolegraph.graphs.runtime import PREPARE_EPISODE, run_graph
-
-from rolegraph.config import RolegraphConfig
 from rolegraph.store import Store
 
 MAX_TOKENS = 48

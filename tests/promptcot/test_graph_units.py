@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rolegraph.agents.registry import get_role
+from rolegraph.errors import ConfigError, ParseError
 from rolegraph.graphs.base import RunParams
 from rolegraph.graphs.context import RoleCall
 from rolegraph.graphs.promptcot import nodes
 from rolegraph.graphs.promptcot.concepts import build_pool, load_seed_problems, resolve_seeds
 from rolegraph.graphs.promptcot.graph import PROMPTCOT
 from rolegraph.graphs.promptcot.state import PromptCotOptions, PromptCotState
-
-from rolegraph.errors import ConfigError, ParseError
 from rolegraph.serving.types import CallResult, Choice, Usage
 
 

@@ -7,6 +7,7 @@ import re
 import threading
 
 import pytest
+
 from rolegraph.environments.math_verify import answers_equivalent, majority_answer, verify
 from rolegraph.graphs.promptcot.concepts import DEFAULT_SEEDS
 

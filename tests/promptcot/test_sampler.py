@@ -7,6 +7,7 @@ from collections import Counter
 
 import networkx as nx
 import numpy as np
+
 from rolegraph.graphs.promptcot.sampler import ConceptSampler, cooccurrence_graph
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_dataset
+
+from rolegraph.config import RolegraphConfig
 from rolegraph.graphs.base import RunParams
 from rolegraph.graphs.registry import get_graph
 from rolegraph.graphs.runtime import run_graph
-
-from rolegraph.config import RolegraphConfig
 from rolegraph.store import Store, export_run
 
 ROOT = Path(__file__).resolve().parents[2]

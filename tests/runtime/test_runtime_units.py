@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rolegraph.graphs.base import RunParams
-from rolegraph.graphs.registry import get_graph
-from rolegraph.graphs.runtime import run_graph
 
 from rolegraph.config import SamplingParams
 from rolegraph.errors import EndpointError
+from rolegraph.graphs.base import RunParams
+from rolegraph.graphs.registry import get_graph
+from rolegraph.graphs.runtime import run_graph
 from rolegraph.store import Store
 from tests.runtime.fakes import FakePool
 

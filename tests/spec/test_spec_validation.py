@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from rolegraph.graphs.render import to_mermaid, to_svg
-from rolegraph.graphs.spec import Condition, GraphSpec, compile_spec, validate_spec
 
 from rolegraph.errors import ConfigError
+from rolegraph.graphs.render import to_mermaid, to_svg
+from rolegraph.graphs.spec import Condition, GraphSpec, compile_spec, validate_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "critique" / "graph.yaml"
 

@@ -148,3 +148,28 @@ def test_failed_export_leaves_the_existing_file_alone(tmp_path: Path) -> None:
         export_run(tmp_path, out, fmt="sft", role="nobody")
     assert out.read_text() == "precious\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sft")] == []
+
+
+def test_prefilled_assistant_text_moves_from_prompt_to_completion(tmp_path: Path) -> None:
+    """A role that starts the answer (prefill) trains on prefix + continuation, with the prefix off the prompt."""
+    prefill = [*PROMPT, {"role": "assistant", "content": "## Rationale\n"}]
+    with Store(tmp_path) as store:
+        store.start_run("toy", {"endpoints": {}}, seed=0, params={"n": 1})
+        store.begin_episode("a", {})
+        step = store.record_step(
+            episode_id="a",
+            attempt=1,
+            kind="role",
+            node="propose",
+            role="proposer",
+            started_at=1.0,
+            messages=prefill,
+            choices=[ChoiceRecord(text="think\n## Problem\nX", parsed={"problem": "X"})],
+        )
+        store.add_rewards(step, [{"reward": 1.0}])
+        store.finish_episode("a", {}, kept=True)
+    out = tmp_path / "sft.jsonl"
+    export_run(tmp_path, out, fmt="sft")
+    row = load_dataset("json", data_files=str(out), split="train")[0]
+    assert row["prompt"] == PROMPT
+    assert row["completion"] == [{"role": "assistant", "content": "## Rationale\nthink\n## Problem\nX"}]
