@@ -2,8 +2,11 @@
 
 The unisolated baseline runs code the way the Absolute Zero reference executor does: a process-pool worker
 that `exec`s the program in-process (fine here: it only runs this file's fixed programs, never model text).
+The pools are the library defaults: plain workers for the trivial program; the sympy program goes to the
+pool's heavy lane (workers with numpy and sympy imported and warmed up). Every setup is measured in each of
+`--repeat` rounds, side by side; the figures are per-setup medians over the rounds.
 Prints figures and writes the "## sandbox" section of bench/RESULTS.md.
-Usage: .venv/bin/python bench/sandbox.py [--n 200] [--width 2]
+Usage: .venv/bin/python bench/sandbox.py [--n 200] [--width 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import subprocess
 import time
@@ -68,18 +72,15 @@ def docker_run_once(image: str, code: str) -> None:
     subprocess.run([*argv, "python3", "-c", code], capture_output=True, check=True, timeout=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200, help="executions per (setup, program)")
-    parser.add_argument("--n-docker-run", type=int, default=12, help="executions for `docker run` (slow)")
-    parser.add_argument("--width", type=int, default=2)
-    args = parser.parse_args()
-    image = build_image()
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+Rows = dict[tuple[str, str], dict[str, float]]
+
+
+def one_round(args: argparse.Namespace, image: str) -> Rows:
+    rows: Rows = {}
     for program_name, code in PROGRAMS.items():
-        preload = ("sympy",) if program_name == "sympy" else ()
         for backend in ("docker", "bwrap"):
-            with SandboxPool(backend, size=args.width, preload=preload) as pool:
+            with SandboxPool(backend, size=args.width) as pool:
+                pool.warm(heavy=True)
                 job = Job(op="exec", code=code)
                 rows[(f"warm {backend} pool", program_name)] = measure(
                     lambda p=pool, j=job: _ok(p.execute(j)), args.n, args.width
@@ -96,23 +97,65 @@ def main() -> None:
             args.n_docker_run,
             args.width,  # type: ignore[misc]
         )
-    report = render(rows, args)
+    return rows
+
+
+def median_rows(rounds: list[Rows]) -> Rows:
+    """Per setup and metric, the median over the rounds."""
+    return {
+        key: {metric: statistics.median(r[key][metric] for r in rounds) for metric in rounds[0][key]}
+        for key in rounds[0]
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="executions per (setup, program)")
+    parser.add_argument("--n-docker-run", type=int, default=12, help="executions for `docker run` (slow)")
+    parser.add_argument("--width", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians over them")
+    args = parser.parse_args()
+    image = build_image()
+    rounds = []
+    loads = [os.getloadavg()[0]]
+    for index in range(args.repeat):
+        rounds.append(one_round(args, image))
+        loads.append(os.getloadavg()[0])
+        print(f"round {index + 1}/{args.repeat}:", _ratios(rounds[-1]), flush=True)
+    report = render(median_rows(rounds), rounds, args, loads)
     print(report)
     write_section(report)
+
+
+def _ratios(rows: Rows) -> str:
+    parts = []
+    for program in PROGRAMS:
+        warm = rows[("warm docker pool", program)]["per_s"]
+        parts.append(
+            f"{program}: bare/docker {rows[('unisolated process pool', program)]['per_s'] / warm:.1f}x, "
+            f"docker/docker-run {warm / rows[('docker run per execution', program)]['per_s']:.0f}x"
+        )
+    return "; ".join(parts)
 
 
 def _ok(result: object) -> None:
     assert getattr(result, "ok", False), result
 
 
-def render(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespace) -> str:
+def render(rows: Rows, rounds: list[Rows], args: argparse.Namespace, loads: list[float]) -> str:
     lines = [
         "## sandbox",
         "",
-        f"`bench/sandbox.py --n {args.n} --width {args.width}` (2-core CPU machine, shared; all setups "
-        "measured side by side in one run; `docker run` with "
-        f"{args.n_docker_run} executions). Pools run with parallel width {args.width}; the sympy rows use "
-        "workers that preload sympy (the unisolated pool keeps it imported after its first run).",
+        f"`bench/sandbox.py --n {args.n} --width {args.width} --repeat {args.repeat}` (2-core CPU machine, "
+        "shared with other engineers' test runs; all setups measured side by side in each round; figures are "
+        f"medians over {args.repeat} rounds; `docker run` with {args.n_docker_run} executions per round). "
+        f"Pools are the library defaults with parallel width {args.width}: plain workers for the trivial "
+        "program, the heavy lane (numpy and sympy imported and warmed up once per worker, sympy's cache "
+        "cleared) for the sympy program. The unisolated pool keeps sympy imported, and its cache warm, after "
+        "its first run. 1-minute load average of the machine at the start and after each round: "
+        + ", ".join(f"{load:.1f}" for load in loads)
+        + " (docker containers sit in their own cgroup v1 CPU group, so under heavy load they get a "
+        "smaller share of the CPU than the bwrap and unisolated processes).",
         "",
         "| setup | program | executions/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
@@ -130,6 +173,8 @@ def render(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespa
             f"(target >= 20x); the unisolated pool is **{bare / warm:.1f}x** faster than the warm docker "
             f"pool (target <= 3x on trivial) and {bare / bwrap:.1f}x faster than the warm bwrap pool."
         )
+    lines += ["", "Per round (same ratios, each round on its own):", ""]
+    lines += [f"- round {i + 1}: {_ratios(r)}" for i, r in enumerate(rounds)]
     return "\n".join(lines) + "\n"
 
 

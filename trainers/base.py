@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rolegraph.trainers.config import TrainSettings
-
 from rolegraph.errors import TrainingError
+from rolegraph.trainers.config import TrainSettings
 
 
 @dataclass(frozen=True)

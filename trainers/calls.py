@@ -12,7 +12,6 @@ from typing import Any
 
 from rolegraph.agents.registry import get_role
 from rolegraph.agents.role import Role
-
 from rolegraph.errors import RolegraphError
 from rolegraph.store import ChoiceRecord, Store
 

@@ -15,7 +15,6 @@ from typing import Any
 from rolegraph.agents.parsers import parse_text
 from rolegraph.agents.role import Role
 from rolegraph.environments.sandbox.base import Status
-
 from rolegraph.errors import SandboxError
 
 SANDBOX_HINT = "check the backend with `rolegraph sandbox doctor`, or pick another with --sandbox"
@@ -109,7 +108,9 @@ def program_for(spec: CodeSpec, completion: str) -> str | None:
         return code if code.strip() and parses(code) else None
     assert spec.entry_point is not None
     if defines(code, spec.entry_point):
-        program = f"{spec.stub}\n    pass\n\n{code}\n" if not parses(spec.stub) else f"{spec.stub}\n\n{code}\n"
+        program = (
+            f"{spec.stub}\n    pass\n\n{code}\n" if not parses(spec.stub) else f"{spec.stub}\n\n{code}\n"
+        )
     else:
         program = spec.stub + code + "\n"
     return program if parses(program) else None

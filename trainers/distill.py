@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rolegraph.errors import TrainingError
+from rolegraph.store import Store
+from rolegraph.store.export import choice_reward, scalar_reward
 from rolegraph.trainers.base import TrainResult
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion
 from rolegraph.trainers.sft import train_sft
-
-from rolegraph.errors import TrainingError
-from rolegraph.store import Store
-from rolegraph.store.export import choice_reward, scalar_reward
 
 
 def verified_rows(run_dir: Path, teacher_role: str) -> list[dict[str, Any]]:
@@ -47,6 +46,7 @@ def distill(
 ) -> tuple[TrainResult, AdapterVersion]:
     """Train the student's adapter on verified teacher traces, publish it and record the run in the store."""
     from datasets import Dataset
+
     from rolegraph.trainers.recording import record_training
 
     rows = verified_rows(run_dir, teacher_role)

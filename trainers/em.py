@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rolegraph.errors import TrainingError
+from rolegraph.store import Store
 from rolegraph.trainers.calls import Recorder
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.handoff import hand_off
 from rolegraph.trainers.recording import record_training
 from rolegraph.trainers.registry import AdapterRegistry
 from rolegraph.trainers.sft import train_sft
-
-from rolegraph.errors import TrainingError
-from rolegraph.store import Store
 
 Q_ROLE = "rationale_writer"
 P_ROLE = "proposer"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
+
 from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
 from rolegraph.trainers.config import GRPOSettings
 from rolegraph.trainers.data import read_rows

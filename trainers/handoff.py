@@ -8,14 +8,13 @@ just before the swap still find it served.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Protocol
 
-from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion, parse_lora_name
-
 from rolegraph.errors import EndpointError, TrainingError
+from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion, parse_lora_name
 
 
 class AdapterClient(Protocol):

@@ -1,24 +1,30 @@
-"""Periodic mode: a graph keeps issuing episodes while, every N finished episodes, a trainer runs in a worker
-thread on the store's export and hands its adapter off. The graph never waits for training."""
+"""Periodic mode: a graph keeps issuing episodes while, every N finished episodes, a trainer runs on the
+store's export and hands its adapter off. The graph never waits for training.
+
+Training runs in a worker process by default: in a thread it would share the GIL with the event loop that
+drives the graph, and each would slow the other down (a GRPO step, which generates in Python, most of all).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rolegraph.errors import TrainingError
+from rolegraph.store import Store, build_rows
 from rolegraph.trainers.base import TrainResult
 from rolegraph.trainers.config import DPOSettings, GRPOSettings, SFTSettings, TrainSettings
 from rolegraph.trainers.handoff import hand_off
 from rolegraph.trainers.recording import record_training
 from rolegraph.trainers.registry import AdapterRegistry
-
-from rolegraph.errors import TrainingError
-from rolegraph.store import Store, build_rows
 
 METHODS = ("sft", "dpo", "grpo")
 
@@ -39,8 +45,10 @@ class LoopSettings:
     options: dict[str, Any] = field(default_factory=dict)
     settings: TrainSettings | None = None
     keep: int = 2
+    isolation: Literal["process", "thread"] = "process"
+    """Where training runs: a spawned worker process (kept for every round) or a thread of this process."""
     episodes_after: int = 0
-    """Episodes to let finish after the last hand-off before stopping (they run on the new adapter)."""
+    """Episodes begun after the last hand-off (so run on the new adapter) to let finish before stopping."""
 
 
 def train_rows(
@@ -109,6 +117,11 @@ def _finished_between(run_dir: Path, start: float, end: float) -> int:
         )
 
 
+def _begun_and_finished_since(run_dir: Path, since: float) -> int:
+    with Store(run_dir) as store:
+        return sum(1 for e in store.episodes(status="finished") if e.started_at >= since)
+
+
 def _finished(run_dir: Path) -> int:
     with Store(run_dir) as store:
         return store.counts()["finished"]
@@ -142,17 +155,22 @@ async def periodic(
             params = RunParams(n=n, options=dict(settings.options))
             await run_graph(graph, pool, params, settings.run_dir, progress=False)
 
-    async def wait_for(count: int) -> int:
-        """Wait until `count` episodes have finished (the graph's errors surface here)."""
+    async def wait_for(count: int, counter: Callable[[], int] | None = None) -> int:
+        """Wait until `counter()` (default: finished episodes) reaches `count`; graph errors surface here."""
         while True:
             if runner.done():
                 runner.result()  # re-raise the graph's error
                 raise TrainingError("the graph stopped unexpectedly", "check the run's episodes")
-            done = await asyncio.to_thread(_finished, settings.run_dir)
+            done = await asyncio.to_thread(counter or (lambda: _finished(settings.run_dir)))
             if done >= count:
                 return done
             await asyncio.sleep(0.5)
 
+    executor: Executor = (
+        ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        if settings.isolation == "process"
+        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="rolegraph-train")
+    )
     runner = asyncio.create_task(keep_running())
     try:
         trained_at = await asyncio.to_thread(_finished, settings.run_dir)
@@ -166,9 +184,21 @@ async def periodic(
                 continue
             say(f"{done} episodes finished: training {settings.trainer} on {len(rows)} rows")
             started = time.time()
-            result = await asyncio.to_thread(
-                train_rows, settings.trainer, train, rows, registry.staging(settings.role), settings.run_dir
-            )
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    executor,
+                    train_rows,
+                    settings.trainer,
+                    train,
+                    rows,
+                    registry.staging(settings.role),
+                    settings.run_dir,
+                )
+            except BrokenProcessPool:
+                raise TrainingError(
+                    "the training process died (out of memory?)",
+                    "lower the batch size or max length, or train in a thread (isolation='thread')",
+                ) from None
             adapter = registry.publish(settings.role, result.adapter_dir)
             handoff = await hand_off(pool, settings.role, adapter, keep=settings.keep)
             finished_at = time.time()
@@ -185,20 +215,24 @@ async def periodic(
                 },
             )
             report.rounds.append(
-                TrainingRound(adapter.lora_name, len(rows), done, started, finished_at, during, handoff.load_s)
+                TrainingRound(
+                    adapter.lora_name, len(rows), done, started, finished_at, during, handoff.load_s
+                )
             )
             say(
                 f"handed off {adapter.lora_name} in {handoff.load_s:.2f}s; "
                 f"{during} episodes finished while training"
             )
-        if settings.episodes_after > 0:
-            report.episodes = await wait_for(
-                await asyncio.to_thread(_finished, settings.run_dir) + settings.episodes_after
+        if settings.episodes_after > 0 and report.rounds:
+            since = report.rounds[-1].finished_at
+            await wait_for(
+                settings.episodes_after, lambda: _begun_and_finished_since(settings.run_dir, since)
             )
     finally:
         stop.set()
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await runner
+        executor.shutdown(wait=True, cancel_futures=True)
     report.episodes = max(report.episodes, await asyncio.to_thread(_finished, settings.run_dir))
     return report

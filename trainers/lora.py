@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from peft import LoraConfig
+
 from rolegraph.trainers.config import LoraSettings
 
 

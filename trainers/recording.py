@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from rolegraph.store import Store
 from rolegraph.trainers.base import TrainResult
 from rolegraph.trainers.registry import AdapterVersion
-
-from rolegraph.store import Store
 
 
 def record_training(

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rolegraph.errors import TrainingError
+from rolegraph.store import STORE_FILE, Store
 from rolegraph.trainers.calls import Recorder
 from rolegraph.trainers.code_rollouts import CodeSpec, code_role, code_spec, task_text, verify_code
 from rolegraph.trainers.config import DPOSettings
@@ -30,9 +33,6 @@ from rolegraph.trainers.handoff import HandOffReport, hand_off
 from rolegraph.trainers.pairs import PairReport, ProblemRollouts, Rollout, build_pairs
 from rolegraph.trainers.recording import record_training
 from rolegraph.trainers.registry import AdapterRegistry
-
-from rolegraph.errors import TrainingError
-from rolegraph.store import STORE_FILE, Store
 
 ROLLOUT_NODE = "rollout"
 
@@ -237,13 +237,16 @@ class SelfPlay:
         )
         return out.step_id, out.texts, out.parsed, out.messages
 
-    async def check(self, problem: Problem, texts: list[str], parsed: list[Any], gold: str | None) -> list[Rollout]:
+    async def check(
+        self, problem: Problem, texts: list[str], parsed: list[Any], gold: str | None
+    ) -> list[Rollout]:
         """Verify each rollout: in the sandbox for code, with math-verify for math."""
         if problem.code is not None:
             sandbox = await self.sandbox()
             verdicts = await asyncio.gather(*(verify_code(sandbox, problem.code, t) for t in texts))
             return [
-                Rollout(text=t, passed=v.passed, answer=v.status) for t, v in zip(texts, verdicts, strict=True)
+                Rollout(text=t, passed=v.passed, answer=v.status)
+                for t, v in zip(texts, verdicts, strict=True)
             ]
         from rolegraph.environments.math_verify import verify
 
@@ -295,7 +298,9 @@ class SelfPlay:
             for i, choice in enumerate(step.choices)
         ]
         messages = [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in step.messages]
-        return ProblemRollouts(problem_id=episode.removeprefix("selfplay-"), prompt=messages, rollouts=rollouts)
+        return ProblemRollouts(
+            problem_id=episode.removeprefix("selfplay-"), prompt=messages, rollouts=rollouts
+        )
 
     async def run(self) -> SelfPlayReport:
         problems = load_problems(self.settings.problems, self.settings.max_problems)

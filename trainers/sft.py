@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datasets import Dataset
+
 from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.data import load_export, to_dataset

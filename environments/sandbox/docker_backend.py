@@ -87,7 +87,7 @@ class DockerBackend:
             "channel": channel.worker_view(),
         }
         run = container_run_argv(name, limits, self.image)
-        # Read-only: the sandbox can open the two FIFOs (special files ignore a read-only mount) and nothing else.
+        # Read-only: the sandbox can open the two FIFOs (a FIFO ignores a read-only mount) and nothing else.
         run[2:2] = ["-i", "--mount", f"type=bind,source={channel.folder},target={CHANNEL_MOUNT},readonly"]
         argv = [*run, "python3", "-I", "-S", "-B", "-c", worker_source(), json.dumps(config)]
         return LaunchPlan(

@@ -30,6 +30,15 @@ OUTPUT_PIPES = ("stdout", "stderr")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 MAX_RESULT_BYTES = 8 * 1024 * 1024
 STDIN_NAME = ".stdin"
+CHILD_ENV = {
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "0",
+}
 
 
 # --------------------------------------------------------------------------------------------- worker side
@@ -94,7 +103,8 @@ class Worker:
         """Work that need not delay a reply: wipe the last run's files, then fork the next run's child."""
         if self.used_dirs:
             for path in self.used_dirs:
-                shutil.rmtree(path, ignore_errors=True)
+                if os.path.dirname(path) not in self.wipe_dirs:  # else the wipe below removes it
+                    shutil.rmtree(path, ignore_errors=True)
             self.used_dirs = []
             for folder in self.wipe_dirs:
                 wipe(folder)
@@ -105,7 +115,13 @@ class Worker:
         op = request.get("op")
         if op == "ping":
             spare = self.spare[0] if self.spare else None
-            return {"status": "ok", "pid": os.getpid(), "uid": os.getuid(), "init": self.is_init, "spare": spare}
+            return {
+                "status": "ok",
+                "pid": os.getpid(),
+                "uid": os.getuid(),
+                "init": self.is_init,
+                "spare": spare,
+            }
         if op in ("exec", "call", "tests"):
             return self.run_child(request)
         if op == "session_open":
@@ -122,7 +138,7 @@ class Worker:
     def new_run_dir(self):
         self.runs += 1
         path = os.path.join(self.scratch, f"run-{os.getpid()}-{self.runs}")
-        os.makedirs(path, mode=0o700)
+        os.mkdir(path, mode=0o700)
         return path
 
     def fork_spare(self):
@@ -500,6 +516,9 @@ def wipe(folder):
         return
     for name in names:
         path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # the common case: an empty run directory
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -545,15 +564,12 @@ def enter_child(limits, run_dir, stdin_path, out_w, err_w, nproc_rlimit):
 def prepare_child(run_dir, out_w, err_w):
     """The part of a child's setup that does not depend on its request (done ahead of time by spares)."""
     os.setsid()
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # SIGINT was reset in the worker already
     redirect_stdin(os.devnull)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.chdir(run_dir)
-    os.environ.clear()
-    os.environ.update({"HOME": run_dir, "TMPDIR": run_dir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-    os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
+    os.environ["HOME"] = os.environ["TMPDIR"] = run_dir  # the rest is the worker's own CHILD_ENV
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace")
@@ -624,7 +640,7 @@ def spare_main(run_dir, req_r, out_w, err_w, res_w, nproc_rlimit):
 
 
 def read_all(fd):
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 1 << 20)
         if not chunk:
@@ -789,7 +805,8 @@ WARM_UPS = {
     # Run once in the worker after its import, so every child finds sympy's lazily imported parts loaded.
     "sympy": (
         "x, y = sympy.symbols('x y')\n"
-        "sympy.expand((x + 1) ** 3); sympy.factor(x ** 2 - 1); sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n"
+        "sympy.expand((x + 1) ** 3); sympy.factor(x ** 2 - 1)\n"
+        "sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n"
         "sympy.solve(x ** 2 - 4, x); sympy.Rational(1, 3) + sympy.sqrt(8); sympy.integrate(x ** 2, x)\n"
         "sympy.diff(sympy.exp(x) * y, x); str(sympy.Matrix([[1, 2], [3, 4]]).det()); sympy.latex(x / y)\n"
         "sympy.core.cache.clear_cache()"
@@ -821,6 +838,10 @@ def open_channel(channel):
 def main():
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     harden()
+    # The worker's own environment is what children get, so a child only sets HOME and TMPDIR.
+    os.environ.clear()
+    os.environ.update(CHILD_ENV)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # The worker runs with -S (no site: a smaller process forks faster), so add Debian's package dirs here.
     for path in config.get("site_dirs") or []:
         if os.path.isdir(path) and path not in sys.path:

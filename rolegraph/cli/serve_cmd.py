@@ -17,8 +17,8 @@ from rolegraph.errors import RolegraphError
 from rolegraph.models.registry import resolve_model
 from rolegraph.serving.client import Client
 from rolegraph.serving.launcher import (
-    ServerState,
     find_server,
+    forget_server,
     running_servers,
     spec_hash,
     stop_process_group,
@@ -72,14 +72,8 @@ def stop(
         return
     for state in states:
         stop_process_group(state.pid)
-        _forget(state)
+        forget_server(state)
         console.print(f"[green]stopped[/] '{state.endpoint}' (pid {state.pid}, port {state.port})")
-
-
-def _forget(state: ServerState) -> None:
-    from rolegraph import paths
-
-    (paths.servers_dir() / f"{state.endpoint}-{state.spec_hash}.json").unlink(missing_ok=True)
 
 
 async def _status_table(config: RolegraphConfig, clients: dict[str, Client]) -> Table:

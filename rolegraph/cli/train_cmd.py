@@ -288,12 +288,17 @@ def loop(
     episodes_after: int = typer.Option(
         0, "--episodes-after", min=0, help="Episodes to run on the last adapter before stopping."
     ),
+    train_in: str = typer.Option("process", "--train-in", help="process (default) or thread."),
     set_: list[str] = typer.Option([], "--set", help="Graph option KEY=VALUE (repeatable)."),
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
     """Keep a graph running and train every N finished episodes; the graph never waits for training."""
+    from rolegraph.errors import ConfigError
+
+    if train_in not in ("process", "thread"):
+        raise ConfigError(f"--train-in must be process or thread, not '{train_in}'", "use --train-in process")
     from rolegraph.cli.run_cmd import parse_sets
     from rolegraph.graphs.registry import get_graph
     from rolegraph.trainers.loop import LoopReport, LoopSettings, default_settings, periodic
@@ -313,6 +318,7 @@ def loop(
         settings=train_settings,
         batch=batch,
         episodes_after=episodes_after,
+        isolation="thread" if train_in == "thread" else "process",
     )
 
     async def body(pool: Any) -> LoopReport:

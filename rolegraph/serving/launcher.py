@@ -86,7 +86,15 @@ class ServerHandle:
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`) and forget its state file."""
         stop_process_group(self.state.pid, grace_s, self.process)
-        _state_path(self.state.endpoint, self.state.spec_hash).unlink(missing_ok=True)
+        forget_server(self.state)
+
+
+def forget_server(state: ServerState) -> None:
+    """Remove the state file of a stopped server, unless it now records a newer server with the same spec."""
+    path = _state_path(state.endpoint, state.spec_hash)
+    recorded = _read_state(path)
+    if recorded is not None and recorded.pid == state.pid:
+        path.unlink(missing_ok=True)
 
 
 def build_command(spec: LaunchSpec, model_arg: str, served_name: str, port: int) -> list[str]:

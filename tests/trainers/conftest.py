@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.registry import AdapterRegistry
 
@@ -28,6 +29,7 @@ def distinct_rows(n: int = 4) -> list[dict[str, object]]:
 def distinct_adapter(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA trained for a few high-learning-rate steps on DISTINCT (shared by the hand-off tests)."""
     from datasets import Dataset
+
     from rolegraph.trainers.sft import train_sft
 
     settings = SFTSettings(model=model_dir, max_steps=4, learning_rate=2e-2, batch_size=4)

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from rolegraph.trainers.config import SFTSettings
-from rolegraph.trainers.em import P_ROLE, Q_ROLE, EMLoop, EMSettings
-from rolegraph.trainers.registry import AdapterRegistry
 
 from rolegraph.config import RolegraphConfig, SamplingParams
 from rolegraph.serving import EndpointPool
 from rolegraph.store import Store
+from rolegraph.trainers.config import SFTSettings
+from rolegraph.trainers.em import P_ROLE, Q_ROLE, EMLoop, EMSettings
+from rolegraph.trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train]
 

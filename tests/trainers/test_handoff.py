@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from rolegraph.trainers.handoff import hand_off
-from rolegraph.trainers.registry import AdapterRegistry
 
 from rolegraph.config import RolegraphConfig, SamplingParams
 from rolegraph.serving import EndpointPool
+from rolegraph.trainers.handoff import hand_off
+from rolegraph.trainers.registry import AdapterRegistry
 from tests.trainers.conftest import MARK
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train]

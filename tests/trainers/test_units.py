@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+
+from rolegraph.errors import TrainingError
 from rolegraph.trainers.data import read_rows
 from rolegraph.trainers.em import argmax, load_seeds, proposal_text, select_candidate
 from rolegraph.trainers.grpo import StoreReward, extract_boxed, prompts_dataset
 from rolegraph.trainers.pairs import ProblemRollouts, Rollout, build_pairs, keep_reason
 from rolegraph.trainers.registry import AdapterRegistry, parse_lora_name
-
-from rolegraph.errors import TrainingError
 
 PROMPT = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -177,3 +177,53 @@ def test_registry_publishes_increasing_versions_atomically(tmp_path: Path) -> No
     assert parse_lora_name("smollm2-135m-instruct") is None
     with pytest.raises(TrainingError, match="holds no adapter"):
         registry.publish("solver", tmp_path)
+
+
+# --- code rollouts (parsed on the host with ast only) -------------------------------------------------
+def test_code_problems_are_recognised_and_programs_built() -> None:
+    from rolegraph.trainers.code_rollouts import code_spec, extract_code, program_for
+
+    humaneval = json.loads(Path("/work/shared/data/humaneval_dev.jsonl").read_text().splitlines()[0])
+    spec = code_spec(humaneval)
+    assert spec is not None and spec.kind == "unit" and spec.entry_point == "has_close_elements"
+    codeforces = json.loads(Path("/work/shared/data/codeforces_dev.jsonl").read_text().splitlines()[0])
+    stdio = code_spec(codeforces)
+    assert stdio is not None and stdio.kind == "stdio" and stdio.stdio[0][0].startswith("10\n")
+    assert code_spec({"problem": "What is 2+3?", "answer": "5"}) is None
+
+    full = "Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return False\n```\nDone."
+    assert extract_code(full).startswith("def has_close_elements")
+    program = program_for(spec, full)
+    assert program is not None and program.startswith(humaneval["prompt"])
+    assert program.rstrip().endswith("return False")
+    body = "    return True\n"  # a bare body continues the stub
+    assert program_for(spec, body) == humaneval["prompt"] + body
+    assert program_for(spec, "```python\ndef broken(:\n```") is None  # not Python: never run
+    assert program_for(stdio, "print(1") is None
+
+
+def test_selfplay_problem_file_mixes_math_and_code(tmp_path: Path) -> None:
+    from rolegraph.trainers.selfplay import load_problems
+
+    humaneval = Path("/work/shared/data/humaneval_dev.jsonl").read_text().splitlines()[0]
+    path = _write(
+        tmp_path / "p.jsonl", [json.dumps({"id": "m", "problem": "1+1?", "answer": "2"}), humaneval]
+    )
+    problems = load_problems(path, limit=5)
+    assert [(p.id, p.kind) for p in problems] == [("m", "math"), ("HumanEval/0", "code")]
+    assert problems[0].answer == "2"
+    with pytest.raises(TrainingError, match=r"line 1 has no 'problem'"):
+        load_problems(_write(tmp_path / "b.jsonl", [json.dumps({"question": "x"})]), limit=5)
+    with pytest.raises(TrainingError, match="does not exist"):
+        load_problems(tmp_path / "missing.jsonl", limit=5)
+
+
+def test_loop_settings_per_trainer() -> None:
+    from rolegraph.trainers.config import DPOSettings, GRPOSettings, SFTSettings
+    from rolegraph.trainers.loop import default_settings
+
+    assert isinstance(default_settings("sft"), SFTSettings)
+    assert isinstance(default_settings("dpo"), DPOSettings)
+    assert isinstance(default_settings("grpo"), GRPOSettings)
+    with pytest.raises(TrainingError, match="unknown trainer 'ppo'"):
+        default_settings("ppo")
