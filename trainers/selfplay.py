@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rolegraph.agents.registry import get_role
 from rolegraph.errors import TrainingError
 from rolegraph.store import STORE_FILE, Store
 from rolegraph.trainers.calls import Recorder
@@ -59,7 +60,8 @@ class SelfPlaySettings:
     model_dir: Path
     policy_role: str = "solver"
     teacher_role: str | None = None
-    """Role whose majority answer is the reference when a math problem has none."""
+    """Role whose majority answer is the reference when a math problem has none. It answers the policy's
+    prompt (same parser) with its own binding, e.g. a bigger model: only the config needs to name it."""
     max_problems: int = 4
     n: int = 4
     teacher_n: int = 3
@@ -200,7 +202,7 @@ class SelfPlay:
 
     async def reference(self, problem: Problem, episode: str) -> str | None:
         """The problem's answer, or the teacher's majority answer."""
-        from rolegraph.environments.math_verify import majority_answer
+        from rolegraph.environments.math_verify import answers_equivalent, majority_answer
 
         if problem.answer is not None or self.settings.teacher_role is None:
             return problem.answer
@@ -209,12 +211,15 @@ class SelfPlay:
             episode_id=episode,
             node="teacher",
             variables={"problem": problem.problem},
+            spec=get_role(self.settings.policy_role),
             n=self.settings.teacher_n,
             max_tokens=self.settings.max_tokens,
         )
-        answer, _ = majority_answer(
-            [rollout_answer(t, p) for t, p in zip(out.texts, out.parsed, strict=True)]
-        )
+        answers = [rollout_answer(t, p) for t, p in zip(out.texts, out.parsed, strict=True)]
+        answer, _ = majority_answer(answers)
+        # Teacher traces count as verified (e.g. for distillation) only when they agree with the majority.
+        agrees = [float(answer is not None and answers_equivalent(a, answer)) for a in answers]
+        self.rec.store.add_rewards(out.step_id, [{"majority_vote": value} for value in agrees])
         return answer
 
     async def sample(self, problem: Problem, episode: str) -> tuple[int, list[str], list[Any], list[Any]]:
@@ -258,9 +263,8 @@ class SelfPlay:
 
     async def rollouts(self, problem: Problem) -> ProblemRollouts | None:
         episode = f"selfplay-{problem.id}"
-        resumed = self.resumed(episode)
-        if resumed is not None:
-            return resumed
+        if episode in self.rec.store.finished_ids():
+            return self.resumed(episode)
         self.rec.begin(episode, {"problem": problem.problem, "answer": problem.answer, "kind": problem.kind})
         gold = await self.reference(problem, episode) if problem.code is None else None
         step_id, texts, parsed, messages = await self.sample(problem, episode)
@@ -272,6 +276,7 @@ class SelfPlay:
             "reference": gold,
             "pass_rate": rate,
             "checked": checkable,
+            # Per rollout: the sandbox status for code, the extracted answer for math.
             "verdicts": [r.answer for r in rollouts],
         }
         self.rec.finish(episode, final, rewards={"pass_rate": rate})
@@ -280,9 +285,7 @@ class SelfPlay:
         return ProblemRollouts(problem_id=problem.id, prompt=messages, rollouts=rollouts)
 
     def resumed(self, episode: str) -> ProblemRollouts | None:
-        """The rollouts of a problem a previous run of this run dir finished, or None."""
-        if episode not in self.rec.store.finished_ids():
-            return None
+        """The rollouts of a problem an earlier run of this run dir finished (None if it was uncheckable)."""
         record = self.rec.store.episode(episode)
         if record is None or not (record.final_state or {}).get("checked"):
             return None

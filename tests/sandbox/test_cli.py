@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from rolegraph.environments.sandbox.image import build_image, image_exists, image_tag
 from rolegraph.environments.sandbox.selection import resolve_backend
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+
 from rolegraph.environments.code_tests import CodeTester, humaneval_case
 from rolegraph.environments.sandbox.pool import SandboxPool
 from rolegraph.environments.triplets import TripletRunner, literals_equal
+from tests.data import shared_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.bwrap]
-DATA = Path("/work/shared/data")
 
 
 def _rows(name: str) -> list[dict[str, str]]:
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in shared_file(name).read_text().splitlines() if line.strip()]
 
 
 def test_every_cruxeval_triple_validates_and_matches(sandbox_pool: SandboxPool) -> None:

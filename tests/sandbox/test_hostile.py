@@ -11,9 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from rolegraph.environments.sandbox.base import Status
 from rolegraph.environments.sandbox.pool import SandboxPool
-
+from tests.data import SHARED_DATA
 from tests.fixtures.sandbox import leftover_processes, worker_host_pid
 
 pytestmark = [pytest.mark.docker, pytest.mark.bwrap]
@@ -113,7 +114,7 @@ def test_cannot_read_a_host_file(sandbox_pool: SandboxPool, tmp_path: Path) -> N
     path.write_text(secret)
     path.chmod(0o644)
     code = f"""
-for p in [{str(path)!r}, "/etc/shadow", "/root/.bashrc", "/work/shared/DESIGN.md"]:
+for p in [{str(path)!r}, "/etc/shadow", "/root/.bashrc", {str(SHARED_DATA / "math500_dev.jsonl")!r}]:
     try:
         print(open(p).read()[:200])
     except OSError as exc:

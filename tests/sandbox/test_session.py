@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rolegraph.environments.sandbox.base import Limits, Status
 from rolegraph.environments.sandbox.pool import SandboxPool
 from rolegraph.environments.sandbox.session import Session

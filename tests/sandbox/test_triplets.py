@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rolegraph.environments.policy import Policy
 from rolegraph.environments.sandbox.base import Limits, Status
 from rolegraph.environments.sandbox.pool import Job, SandboxPool

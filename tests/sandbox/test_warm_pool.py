@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from rolegraph.environments.sandbox.base import Status
 from rolegraph.environments.sandbox.pool import SandboxPool, imported_roots
-
 from tests.fixtures.sandbox import leftover_processes, spare_child
 
 pytestmark = [pytest.mark.docker, pytest.mark.bwrap]

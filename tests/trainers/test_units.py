@@ -227,3 +227,28 @@ def test_loop_settings_per_trainer() -> None:
     assert isinstance(default_settings("grpo"), GRPOSettings)
     with pytest.raises(TrainingError, match="unknown trainer 'ppo'"):
         default_settings("ppo")
+
+
+# --- self-play verification against a teacher's majority (fake pool: no model needed) -----------------
+def test_selfplay_uses_teacher_majority_when_a_problem_has_no_answer(tmp_path: Path) -> None:
+    from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings, load_problems
+    from tests.runtime.fakes import FakePool
+
+    problems = _write(tmp_path / "p.jsonl", [json.dumps({"id": "q", "problem": "What is 2+3?"})])
+    teacher = ["\\boxed{5}", "so \\boxed{5}", "\\boxed{6}"]
+    policy = ["\\boxed{5}", "\\boxed{7}", "no idea", "\\boxed{5}"]
+    pool = FakePool({"judge": lambda m, s: teacher, "solver": lambda m, s: policy})
+    settings = SelfPlaySettings(
+        problems=problems, run_dir=tmp_path / "run", model_dir=tmp_path, teacher_role="judge"
+    )
+    play = SelfPlay(pool, settings)
+    try:
+        (problem,) = load_problems(problems, 5)
+        group = asyncio.run(play.rollouts(problem))
+        steps = {s.node: s for s in play.rec.store.steps()}
+    finally:
+        play.close()
+    assert group is not None and [r.passed for r in group.rollouts] == [True, False, False, True]
+    assert [r["majority_vote"] for r in steps["teacher"].rewards] == [1.0, 1.0, 0.0]
+    assert [r["reward"] for r in steps["rollout"].rewards] == [1.0, 0.0, 0.0, 1.0]
+    assert pool.clients["solver"].calls[0][1].n == 4  # n rollouts in one call
