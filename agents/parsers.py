@@ -326,6 +326,18 @@ _CRITERION_NAMES = {
 _FINAL = re.compile(r"final\s+(?:judge?ment|verdict)\s*\W{0,6}\s*" + _RATING, re.IGNORECASE)
 
 
+def _judge_format_regex() -> str:
+    """The judge's answer after its `Format:` prefill: five rated criteria with reasons, then a verdict."""
+    rating, reason = "(Perfect|Acceptable|Bad)", " - [^\\n]{0,100}"
+    labels = ["Factual accuracy", "Difficulty alignment", "Concept coverage", "Solvability"]
+    lines = [f" {rating}{reason}"] + [f"{label}: {rating}{reason}" for label in labels]
+    return "\\n".join([*lines, "Final Judgement: (perfect|acceptable|bad)"])
+
+
+JUDGE_FORMAT_REGEX = _judge_format_regex()
+"""Constrained decoding for the judge (vLLM `structured_outputs`): even a tiny model answers in the rubric."""
+
+
 def verdict_from_criteria(
     criteria: dict[str, Rating], rule: Literal["promptcot", "strict"] = "promptcot"
 ) -> Rating:

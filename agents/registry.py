@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rolegraph.agents.parsers import PARSERS
+from rolegraph.agents.parsers import JUDGE_FORMAT_REGEX, PARSERS
 from rolegraph.agents.role import Role
 from rolegraph.errors import ConfigError
 
@@ -41,7 +41,13 @@ BUILTINS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "judge": (
         "verdict",
-        {"temperature": 0.0, "max_tokens": 512},
+        # Constrained decoding keeps the rubric parseable whatever the model; an endpoint without vLLM's
+        # structured outputs can drop it by binding the judge with `sampling: {extra: {structured_outputs: null}}`.
+        {
+            "temperature": 0.0,
+            "max_tokens": 512,
+            "extra": {"structured_outputs": {"regex": JUDGE_FORMAT_REGEX}},
+        },
         "rates a proposal on PromptCoT 1.0's five criteria; verdict perfect / acceptable / bad",
     ),
 }

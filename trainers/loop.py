@@ -134,8 +134,8 @@ async def periodic(
     registry: AdapterRegistry | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> LoopReport:
-    """Run the graph and train every `train_every` finished episodes in a worker thread; the graph keeps
-    issuing episodes meanwhile, and the role switches to each new adapter when its hand-off is done."""
+    """Run the graph and train every `train_every` finished episodes in a worker process (or thread); the
+    graph keeps issuing episodes meanwhile, and the role switches to each new adapter at its hand-off."""
     from rolegraph.graphs.base import RunParams
     from rolegraph.graphs.registry import get_graph
     from rolegraph.graphs.runtime import run_graph
