@@ -41,8 +41,8 @@ BUILTINS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "judge": (
         "verdict",
-        # Constrained decoding keeps the rubric parseable whatever the model; an endpoint without vLLM's
-        # structured outputs can drop it by binding the judge with `sampling: {extra: {structured_outputs: null}}`.
+        # Constrained decoding keeps the rubric parseable whatever the model. An endpoint without vLLM's
+        # structured outputs: bind the judge with `sampling: {extra: {structured_outputs: null}}`.
         {
             "temperature": 0.0,
             "max_tokens": 512,
