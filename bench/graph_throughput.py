@@ -41,8 +41,10 @@ from rolegraph.graphs.runtime import PREPARE_EPISODE, run_graph
 from rolegraph.store import Store
 
 CONCURRENCY = 32
-EPISODES = 16
-ROUNDS = 2
+# Twice the concurrency in episodes: an episode's calls are sequential, so fewer episodes than slots would
+# leave the server half idle and measure the workload's shape rather than the runtime's overhead.
+EPISODES = 64
+ROUNDS = 1
 """Graph and bare loop alternate in rounds, so load from other processes hits both alike."""
 SEQUENTIAL_EPISODES = 4
 MAX_TOKENS = 32
@@ -61,8 +63,23 @@ def _server() -> tuple[str, str, Any]:
         return url, next(c["id"] for c in cards if not c.get("parent")), None
     from rolegraph.serving.launcher import launch_server
 
-    handle = launch_server("bench", LaunchSpec(), console=console)
+    # Dev mode exposes /reset_prefix_cache: the bare loop replays the graph's exact prompts, so without a
+    # reset it would get prefix-cache hits the graph never had.
+    spec = LaunchSpec(env={"VLLM_SERVER_DEV_MODE": "1"})
+    handle = launch_server("bench", spec, console=console)
     return handle.base_url, handle.model, handle
+
+
+def _reset_prefix_cache(base_url: str) -> None:
+    """Start a measured phase with a cold prefix cache (the server needs VLLM_SERVER_DEV_MODE=1)."""
+    import httpx
+
+    reply = httpx.post(base_url.removesuffix("/v1") + "/reset_prefix_cache", timeout=60)
+    if reply.status_code != 200:
+        sys.exit(
+            "bench: the server refuses /reset_prefix_cache; start it with VLLM_SERVER_DEV_MODE=1 "
+            "(or unset ROLEGRAPH_BENCH_BASE_URL so the bench launches one)"
+        )
 
 
 def _config(base_url: str, model: str) -> RolegraphConfig:
@@ -168,11 +185,14 @@ async def main() -> int:
         rounds: list[tuple[dict, dict]] = []
         for index in range(ROUNDS):
             console.print(f"[bold]graph[/] round {index + 1}: concurrency {CONCURRENCY}, {EPISODES} episodes")
+            _reset_prefix_cache(base_url)
             g = await _graph(config, options, EPISODES, CONCURRENCY, work / f"graph-{index}", seed=index)
             console.print(f"[bold]bare loop[/] round {index + 1}: replaying {g['calls']} calls")
+            _reset_prefix_cache(base_url)
             rounds.append((g, await _bare(base_url, g.pop("steps"))))
         graph, bare = _total([g for g, _ in rounds]), _total([b for _, b in rounds])
         console.print(f"[bold]sequential[/] concurrency 1, {SEQUENTIAL_EPISODES} episodes")
+        _reset_prefix_cache(base_url)
         sequential = await _graph(config, options, SEQUENTIAL_EPISODES, 1, work / "sequential")
         sequential.pop("steps")
     finally:

@@ -134,8 +134,10 @@ async def swap_under_load(
             saved = _copy(adapter_dir, adapters_root)  # a freshly trained adapter, as a trainer leaves it
             started = time.perf_counter()
             adapter = registry.publish("solver", saved)
-            await hand_off(pool, "solver", adapter, keep=2)
-            swap_s.append(time.perf_counter() - started)
+            published_s = time.perf_counter() - started
+            report = await hand_off(pool, "solver", adapter, keep=2)
+            # Serving from the moment the binding moved; unloading the oldest version happens after that.
+            swap_s.append(published_s + report.load_s)
             while adapter.lora_name not in served_by and not stop.is_set():
                 await asyncio.sleep(0.01)
             first_answer_s.append(served_by[adapter.lora_name] - started)

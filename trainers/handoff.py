@@ -1,12 +1,14 @@
 """Hand-off: hot-load a published adapter into the endpoint serving a role, then swap the role's binding.
 
 Order matters for "no request fails": the adapter is loaded (and answers) before the binding moves, and only
-versions older than the newest `keep` are unloaded afterwards, so requests that resolved the previous version
-just before the swap still find it served.
+versions older than the newest `keep` are unloaded afterwards, once the server reports no running or waiting
+request on them, so requests that resolved an old version before a swap still find it served.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,12 @@ from typing import Any, Protocol
 
 from rolegraph.errors import EndpointError, TrainingError
 from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion, parse_lora_name
+
+UNLOAD_MAX_WAIT_S = 60.0
+IDLE_POLLS = 3
+IDLE_POLL_S = 0.5
+UNKNOWN_USAGE_GRACE_S = 5.0
+"""Unloading an old version waits (at most UNLOAD_MAX_WAIT_S) for IDLE_POLLS quiet polls of the server."""
 
 
 class AdapterClient(Protocol):
@@ -106,21 +114,83 @@ async def hand_off(
         ) from None
     await pool.swap(role, endpoint, name)
     load_s = time.perf_counter() - started
-    unloaded = await unload_old(client, pool, role, keep=keep)
+    unloaded = await unload_old(client, pool, role, keep=keep, current=adapter.version)
     return HandOffReport(role=role, adapter=adapter, endpoints=[endpoint], load_s=load_s, unloaded=unloaded)
 
 
-async def unload_old(client: Any, pool: SwappablePool, role: str, *, keep: int) -> list[str]:
-    """Unload this role's adapter versions older than the newest `keep` that no role is bound to."""
+async def unload_old(
+    client: Any,
+    pool: SwappablePool,
+    role: str,
+    *,
+    keep: int,
+    current: int,
+    max_wait_s: float = UNLOAD_MAX_WAIT_S,
+) -> list[str]:
+    """Unload this role's versions older than the newest `keep` up to `current` that no role is bound to, once
+    no request uses them any more; a version still busy after `max_wait_s` stays loaded (the next hand-off
+    retries), because a request that resolved it before an earlier swap may still be running. Versions above
+    `current` were not published by this registry (e.g. left by another adapters dir) and are left alone."""
     loaded = model_names(await client.list_models())
     versions = sorted(
-        (parsed[1], name) for name in loaded if (parsed := parse_lora_name(name)) and parsed[0] == role
+        (parsed[1], name)
+        for name in loaded
+        if (parsed := parse_lora_name(name)) and parsed[0] == role and parsed[1] <= current
     )
     in_use = models_in_use(pool)
     doomed = [name for _, name in versions[: max(len(versions) - keep, 0)] if name not in in_use]
-    for name in doomed:
+    if not doomed:
+        return []
+    idle = await wait_until_idle(client, doomed, max_wait_s=max_wait_s)
+    for name in idle:
         await client.unload_adapter(name)
-    return doomed
+    return idle
+
+
+async def busy_adapters(client: Any) -> set[str] | None:
+    """Adapters with running or waiting requests, from vLLM's `vllm:lora_requests_info` gauge (its newest
+    sample); None when the endpoint does not say (not vLLM, or metrics unreachable)."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            response = await http.get(f"{client.server_url}/metrics")
+            response.raise_for_status()
+    except (httpx.HTTPError, AttributeError):
+        return None
+    newest: tuple[float, set[str]] | None = None
+    for line in response.text.splitlines():
+        if not line.startswith("vllm:lora_requests_info{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        names: set[str] = set()
+        for key in ("running_lora_adapters", "waiting_lora_adapters"):
+            match = re.search(key + r'="([^"]*)"', labels)
+            if match:
+                names.update(n for n in match.group(1).split(",") if n)
+        stamp = float(value)
+        if newest is None or stamp >= newest[0]:
+            newest = (stamp, names)
+    return None if newest is None else newest[1]
+
+
+async def wait_until_idle(client: Any, names: list[str], *, max_wait_s: float) -> list[str]:
+    """The `names` that no request used over IDLE_POLLS consecutive polls (within `max_wait_s`)."""
+    deadline = time.monotonic() + max_wait_s
+    quiet_polls = 0
+    busy: set[str] = set()
+    while True:
+        reported = await busy_adapters(client)
+        if reported is None:
+            # No usage figures: give requests that resolved an old version before the swap time to finish.
+            await asyncio.sleep(UNKNOWN_USAGE_GRACE_S)
+            return list(names)
+        busy = reported & set(names)
+        quiet_polls = 0 if busy else quiet_polls + 1
+        # Several quiet polls in a row: a request still in transit to the engine would have shown up.
+        if quiet_polls >= IDLE_POLLS or time.monotonic() >= deadline:
+            return [name for name in names if name not in busy]
+        await asyncio.sleep(IDLE_POLL_S)
 
 
 async def publish_and_hand_off(

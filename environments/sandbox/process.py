@@ -16,7 +16,6 @@ from importlib import resources
 from typing import Any
 
 from rolegraph.environments.sandbox.base import Backend, Channel, Limits
-
 from rolegraph.errors import SandboxError
 
 # Processes started with a parent-death signal (bwrap --die-with-parent) die when the *thread* that forked

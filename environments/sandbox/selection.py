@@ -6,7 +6,6 @@ import shutil
 from dataclasses import dataclass
 
 from rolegraph.environments.sandbox.base import Backend
-
 from rolegraph.errors import SandboxError
 
 BACKEND_NAMES = ("auto", "docker", "bwrap", "unsafe-local")

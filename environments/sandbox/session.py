@@ -9,7 +9,6 @@ from types import TracebackType
 from rolegraph.environments.sandbox.base import Backend, ExecResult, Limits, Status
 from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, start_worker
 from rolegraph.environments.sandbox.selection import resolve_backend
-
 from rolegraph.errors import SandboxError
 
 HOST_GRACE_S = 5.0

@@ -288,7 +288,9 @@ def loop(
     episodes_after: int = typer.Option(
         0, "--episodes-after", min=0, help="Episodes to run on the last adapter before stopping."
     ),
-    train_in: str = typer.Option("process", "--train-in", help="process (default) or thread."),
+    train_in: str = typer.Option(
+        "thread", "--train-in", help="thread, or process (better with spare cores or a GPU)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Graph option KEY=VALUE (repeatable)."),
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
@@ -298,7 +300,7 @@ def loop(
     from rolegraph.errors import ConfigError
 
     if train_in not in ("process", "thread"):
-        raise ConfigError(f"--train-in must be process or thread, not '{train_in}'", "use --train-in process")
+        raise ConfigError(f"--train-in must be thread or process, not '{train_in}'", "use --train-in thread")
     from rolegraph.cli.run_cmd import parse_sets
     from rolegraph.graphs.registry import get_graph
     from rolegraph.trainers.loop import LoopReport, LoopSettings, default_settings, periodic
@@ -318,7 +320,7 @@ def loop(
         settings=train_settings,
         batch=batch,
         episodes_after=episodes_after,
-        isolation="thread" if train_in == "thread" else "process",
+        isolation="process" if train_in == "process" else "thread",
     )
 
     async def body(pool: Any) -> LoopReport:

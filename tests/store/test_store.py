@@ -151,7 +151,7 @@ def test_failed_export_leaves_the_existing_file_alone(tmp_path: Path) -> None:
 
 
 def test_prefilled_assistant_text_moves_from_prompt_to_completion(tmp_path: Path) -> None:
-    """A role that starts the answer (prefill) trains on prefix + continuation, with the prefix off the prompt."""
+    """A prefilled role trains on prefix + continuation; the prefix leaves the prompt."""
     prefill = [*PROMPT, {"role": "assistant", "content": "## Rationale\n"}]
     with Store(tmp_path) as store:
         store.start_run("toy", {"endpoints": {}}, seed=0, params={"n": 1})

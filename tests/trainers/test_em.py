@@ -13,14 +13,13 @@ from rolegraph.store import Store
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.em import P_ROLE, Q_ROLE, EMLoop, EMSettings
 from rolegraph.trainers.registry import AdapterRegistry
+from tests.data import shared_file
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train]
 
 
 def _seeds(tmp_path: Path) -> Path:
-    rows = [
-        json.loads(line) for line in Path("/work/shared/data/math500_dev.jsonl").read_text().splitlines()[:2]
-    ]
+    rows = [json.loads(line) for line in shared_file("math500_dev.jsonl").read_text().splitlines()[:2]]
     rows[0]["concepts"] = ["polar coordinates", "trigonometry"]  # the second seed has none: it gets extracted
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

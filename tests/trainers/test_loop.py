@@ -16,6 +16,7 @@ from rolegraph.store import Store
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.loop import LoopSettings, periodic
 from rolegraph.trainers.registry import AdapterRegistry
+from tests.data import shared_file
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train]
 
@@ -24,7 +25,7 @@ ROLE = "answerer"
 
 def _spec(folder: Path) -> Path:
     """A one-node graph whose role always parses (text), over math500 problems."""
-    lines = (Path("/work/shared/data/math500_dev.jsonl").read_text().splitlines())[:40]
+    lines = (shared_file("math500_dev.jsonl").read_text().splitlines())[:40]
     (folder / "problems.jsonl").write_text("\n".join(lines) + "\n")
     (folder / "answerer.md").write_text("<!-- user -->\nAnswer briefly.\n\n{{problem}}\n")
     spec = {

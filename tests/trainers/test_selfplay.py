@@ -21,11 +21,11 @@ from rolegraph.trainers.config import DPOSettings
 from rolegraph.trainers.pairs import keep_reason
 from rolegraph.trainers.registry import AdapterRegistry
 from rolegraph.trainers.selfplay import SelfPlay, SelfPlayReport, SelfPlaySettings, load_problems
+from tests.data import shared_file
 from tests.fixtures.serving import VLLMServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train, pytest.mark.bwrap]
 
-DATA = Path("/work/shared/data")
 ADD = {
     "task_id": "easy/add",
     "prompt": 'def add(a, b):\n    """Return the sum of a and b."""\n',
@@ -49,8 +49,8 @@ class SelfPlayRun:
 
 
 def _problem_file(path: Path) -> Path:
-    math = json.loads((DATA / "math500_dev.jsonl").read_text().splitlines()[0])
-    humaneval = json.loads((DATA / "humaneval_dev.jsonl").read_text().splitlines()[0])
+    math = json.loads(shared_file("math500_dev.jsonl").read_text().splitlines()[0])
+    humaneval = json.loads(shared_file("humaneval_dev.jsonl").read_text().splitlines()[0])
     path.write_text("".join(json.dumps(row) + "\n" for row in (ADD, humaneval, math)))
     return path
 

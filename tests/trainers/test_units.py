@@ -15,6 +15,7 @@ from rolegraph.trainers.em import argmax, load_seeds, proposal_text, select_cand
 from rolegraph.trainers.grpo import StoreReward, extract_boxed, prompts_dataset
 from rolegraph.trainers.pairs import ProblemRollouts, Rollout, build_pairs, keep_reason
 from rolegraph.trainers.registry import AdapterRegistry, parse_lora_name
+from tests.data import shared_file
 
 PROMPT = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -183,10 +184,10 @@ def test_registry_publishes_increasing_versions_atomically(tmp_path: Path) -> No
 def test_code_problems_are_recognised_and_programs_built() -> None:
     from rolegraph.trainers.code_rollouts import code_spec, extract_code, program_for
 
-    humaneval = json.loads(Path("/work/shared/data/humaneval_dev.jsonl").read_text().splitlines()[0])
+    humaneval = json.loads(shared_file("humaneval_dev.jsonl").read_text().splitlines()[0])
     spec = code_spec(humaneval)
     assert spec is not None and spec.kind == "unit" and spec.entry_point == "has_close_elements"
-    codeforces = json.loads(Path("/work/shared/data/codeforces_dev.jsonl").read_text().splitlines()[0])
+    codeforces = json.loads(shared_file("codeforces_dev.jsonl").read_text().splitlines()[0])
     stdio = code_spec(codeforces)
     assert stdio is not None and stdio.kind == "stdio" and stdio.stdio[0][0].startswith("10\n")
     assert code_spec({"problem": "What is 2+3?", "answer": "5"}) is None
@@ -205,7 +206,7 @@ def test_code_problems_are_recognised_and_programs_built() -> None:
 def test_selfplay_problem_file_mixes_math_and_code(tmp_path: Path) -> None:
     from rolegraph.trainers.selfplay import load_problems
 
-    humaneval = Path("/work/shared/data/humaneval_dev.jsonl").read_text().splitlines()[0]
+    humaneval = shared_file("humaneval_dev.jsonl").read_text().splitlines()[0]
     path = _write(
         tmp_path / "p.jsonl", [json.dumps({"id": "m", "problem": "1+1?", "answer": "2"}), humaneval]
     )
