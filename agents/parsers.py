@@ -6,7 +6,6 @@ one-line reason otherwise. A parser never raises anything else, whatever the tex
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from rolegraph.environments.pyparse import literal_eval
 from rolegraph.errors import ParseError
 
 Parser = Callable[[str], dict[str, Any]]
@@ -113,7 +113,7 @@ def _tidy_item(item: str) -> str:
 def _python_list(body: str) -> list[str] | None:
     for match in _PY_LIST.finditer(body):
         try:
-            value = ast.literal_eval(match.group(0))
+            value = literal_eval(match.group(0))
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
             continue
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from rolegraph.environments.pyparse import parse_module
+
 DEFAULT_BANNED_MODULES = frozenset(
     {
         "os",
@@ -62,7 +64,7 @@ class Policy:
     def check_source(self, source: str) -> list[str]:
         """Violations in `source`, or one message when it does not parse."""
         try:
-            tree = ast.parse(source)
+            tree = parse_module(source)
         except (SyntaxError, ValueError) as exc:
             return [f"does not parse: {exc}"]
         return self.violations(tree)

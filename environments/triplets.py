@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rolegraph.environments.policy import DEFAULT_POLICY, Policy
+from rolegraph.environments.pyparse import literal_eval, parse_expression, parse_module
 from rolegraph.environments.sandbox.base import ExecResult, Limits
 from rolegraph.environments.sandbox.pool import Job, SandboxPool
 
@@ -28,7 +29,7 @@ DEFAULT_LIMITS = Limits(timeout_s=5.0, memory_mb=512, max_output_bytes=200_000, 
 def check_program(code: str, policy: Policy = DEFAULT_POLICY, func: str = FUNC) -> str | None:
     """None when the program parses, defines `func` at top level and obeys the policy; else why not."""
     try:
-        tree = ast.parse(code)
+        tree = parse_module(code)
     except (SyntaxError, ValueError) as exc:
         return f"program does not parse: {exc}"
     defines = any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == func for n in tree.body)
@@ -46,7 +47,7 @@ def check_input(text: str, policy: Policy = DEFAULT_POLICY, func: str = FUNC) ->
     """
     source = f"{func}({text})"
     try:
-        tree = ast.parse(source, mode="eval")
+        tree = parse_expression(source)
     except (SyntaxError, ValueError) as exc:
         return f"input is not an argument list: {exc.__class__.__name__}"
     call = tree.body
@@ -72,7 +73,7 @@ def parse_literal(text: str | None) -> tuple[bool, Any]:
     if text is None:
         return False, None
     try:
-        return True, ast.literal_eval(text.strip())
+        return True, literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return False, None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from rolegraph.agents.parsers import parse_text
 from rolegraph.agents.role import Role
+from rolegraph.environments.pyparse import parse_module
 from rolegraph.environments.sandbox.base import Status
 from rolegraph.errors import SandboxError
 
@@ -80,7 +81,7 @@ def extract_code(text: str) -> str:
 def parses(code: str) -> bool:
     """Whether `code` is valid Python (parsed with `ast` only; never run on the host)."""
     try:
-        ast.parse(code)
+        parse_module(code)
     except (SyntaxError, ValueError):
         return False
     return True
@@ -89,7 +90,7 @@ def parses(code: str) -> bool:
 def defines(code: str, name: str) -> bool:
     """Whether `code` defines a top-level function `name`."""
     try:
-        tree = ast.parse(code)
+        tree = parse_module(code)
     except (SyntaxError, ValueError):
         return False
     return any(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from rolegraph.environments.pyparse import parse_module
 from rolegraph.environments.sandbox.base import MISBEHAVED, Backend, ExecResult, Limits, Status
 from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, start_worker
 from rolegraph.environments.sandbox.selection import resolve_backend
@@ -190,7 +191,7 @@ def imported_roots(*sources: str | None) -> set[str]:
         if not source:
             continue
         try:
-            tree = ast.parse(source)
+            tree = parse_module(source)
         except (SyntaxError, ValueError):
             continue  # the sandbox reports it
         for node in ast.walk(tree):
