@@ -1,10 +1,12 @@
 """Sandbox speed: warm docker/bwrap pools vs `docker run` per execution vs an unisolated process pool.
 
-The unisolated baseline runs code the way the Absolute Zero reference executor does: a process-pool worker
-that `exec`s the program in-process (fine here: it only runs this file's fixed programs, never model text).
-The pools are the library defaults: plain workers for the trivial program; the sympy program goes to the
-pool's heavy lane (workers with numpy and sympy imported and warmed up). Every setup is measured in each of
-`--repeat` rounds, side by side; the figures are per-setup medians over the rounds.
+The unisolated baseline runs code the way the Absolute Zero reference executor does (see
+bench/reference_executor.py: a pebble process pool whose worker `exec`s the program under a SIGALRM timeout;
+fine here, it only runs this file's fixed programs, never model text). A second, even thinner unisolated row
+(a stdlib process pool that only `exec`s) is printed for reference. The pools are the library defaults: plain
+workers for the trivial program; the sympy program goes to the pool's heavy lane (workers with numpy and
+sympy imported and warmed up). Every setup is measured in each of `--repeat` rounds, side by side; the
+figures are per-setup medians over the rounds.
 Prints figures and writes the "## sandbox" section of bench/RESULTS.md.
 Usage: .venv/bin/python bench/sandbox.py [--n 200] [--width 2] [--repeat 3]
 """
@@ -23,6 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+from reference_executor import ReferenceExecutor  # bench/ is on sys.path when run as a script
+
 from rolegraph.environments.sandbox.base import Limits
 from rolegraph.environments.sandbox.docker_backend import container_run_argv
 from rolegraph.environments.sandbox.image import build_image
@@ -33,10 +37,12 @@ PROGRAMS = {
     "sympy": "import sympy\nx = sympy.Symbol('x')\nprint(sympy.expand((x + 1) ** 3))",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
+REFERENCE = "unisolated pool, Absolute Zero reference executor"
+MINIMAL = "unisolated pool, bare stdlib exec"
 
 
 def exec_in_process(code: str) -> str:
-    """What the reference executor does inside its pool worker: exec with captured stdout."""
+    """The thinnest unisolated run: exec with captured stdout in a stdlib pool worker."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         exec(code, {"__name__": "__main__"})
@@ -85,9 +91,15 @@ def one_round(args: argparse.Namespace, image: str) -> Rows:
                 rows[(f"warm {backend} pool", program_name)] = measure(
                     lambda p=pool, j=job: _ok(p.execute(j)), args.n, args.width
                 )  # type: ignore[misc]
+        with ReferenceExecutor(args.width) as reference:
+            rows[(REFERENCE, program_name)] = measure(
+                lambda c=code, r=reference: _done(r.apply(c)),
+                args.n,
+                args.width,  # type: ignore[misc]
+            )
         with ProcessPoolExecutor(max_workers=args.width) as executor:
             list(executor.map(exec_in_process, [code] * args.width))
-            rows[("unisolated process pool", program_name)] = measure(
+            rows[(MINIMAL, program_name)] = measure(
                 lambda c=code: executor.submit(exec_in_process, c).result(),
                 args.n,
                 args.width,  # type: ignore[misc]
@@ -132,7 +144,7 @@ def _ratios(rows: Rows) -> str:
     for program in PROGRAMS:
         warm = rows[("warm docker pool", program)]["per_s"]
         parts.append(
-            f"{program}: bare/docker {rows[('unisolated process pool', program)]['per_s'] / warm:.1f}x, "
+            f"{program}: bare/docker {rows[(REFERENCE, program)]['per_s'] / warm:.1f}x, "
             f"docker/docker-run {warm / rows[('docker run per execution', program)]['per_s']:.0f}x"
         )
     return "; ".join(parts)
@@ -142,12 +154,17 @@ def _ok(result: object) -> None:
     assert getattr(result, "ok", False), result
 
 
+def _done(result: tuple[str, str]) -> None:
+    assert result[1] == "Done", result
+
+
 def render(rows: Rows, rounds: list[Rows], args: argparse.Namespace, loads: list[float]) -> str:
     lines = [
         "## sandbox",
         "",
-        f"`bench/sandbox.py --n {args.n} --width {args.width} --repeat {args.repeat}` (2-core CPU machine, "
-        "shared with other engineers' test runs; all setups measured side by side in each round; figures are "
+        f"`bench/sandbox.py --n {args.n} --width {args.width} --repeat {args.repeat} --n-docker-run "
+        f"{args.n_docker_run}` ({os.cpu_count()}-core CPU machine; all setups measured side by side in each "
+        "round; figures are "
         f"medians over {args.repeat} rounds; `docker run` with {args.n_docker_run} executions per round). "
         f"Pools are the library defaults with parallel width {args.width}: plain workers for the trivial "
         "program, the heavy lane (numpy and sympy imported and warmed up once per worker, sympy's cache "
@@ -166,12 +183,15 @@ def render(rows: Rows, rounds: list[Rows], args: argparse.Namespace, loads: list
     for program in PROGRAMS:
         warm = rows[("warm docker pool", program)]["per_s"]
         cold = rows[("docker run per execution", program)]["per_s"]
-        bare = rows[("unisolated process pool", program)]["per_s"]
+        bare = rows[(REFERENCE, program)]["per_s"]
+        minimal = rows[(MINIMAL, program)]["per_s"]
         bwrap = rows[("warm bwrap pool", program)]["per_s"]
         lines.append(
             f"- {program}: warm docker pool is **{warm / cold:.0f}x** faster than `docker run` per execution "
-            f"(target >= 20x); the unisolated pool is **{bare / warm:.1f}x** faster than the warm docker "
-            f"pool (target <= 3x on trivial) and {bare / bwrap:.1f}x faster than the warm bwrap pool."
+            f"(target >= 20x); the reference executor's unisolated pool is **{bare / warm:.1f}x** faster "
+            f"than the warm docker pool (target <= 3x on trivial) and {bare / bwrap:.1f}x faster than the "
+            f"warm bwrap pool; the bare stdlib pool is {minimal / warm:.1f}x faster than the warm docker "
+            "pool."
         )
     lines += ["", "Per round (same ratios, each round on its own):", ""]
     lines += [f"- round {i + 1}: {_ratios(r)}" for i, r in enumerate(rounds)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -42,7 +43,12 @@ class Limits:
 
     def to_wire(self) -> dict[str, Any]:
         """The limits as the in-sandbox worker reads them."""
-        wire = asdict(self)
+        return dict(self._wire)
+
+    @cached_property
+    def _wire(self) -> dict[str, Any]:
+        # Computed once per (frozen) instance: every execution sends it.
+        wire = {item.name: getattr(self, item.name) for item in fields(self)}
         wire["cpu_s"] = self.cpu_s if self.cpu_s is not None else math.ceil(self.timeout_s) + 1
         return wire
 

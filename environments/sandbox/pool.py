@@ -256,7 +256,10 @@ class SandboxPool:
 
     def lane_for(self, job: Job) -> Lane:
         """The heavy lane when the job's code imports a heavy module, else the plain lane."""
-        if self.heavy_modules and imported_roots(job.code, job.tests) & set(self.heavy_modules):
+        sources = (job.code, job.tests)
+        # Only code that names a heavy module can import it by statement: most code skips the parse.
+        named = any(name in source for name in self.heavy_modules for source in sources if source)
+        if named and imported_roots(*sources) & set(self.heavy_modules):
             return self.heavy_lane()
         return self._plain
 

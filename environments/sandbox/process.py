@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import selectors
 import shutil
@@ -177,8 +178,9 @@ class WorkerProcess:
                 raise WorkerGone("worker already destroyed")
             self._next_id += 1
             payload = {**payload, "id": self._next_id}
+            data = marshal.dumps(payload)  # plain data; the worker reads marshal frames (see its answer())
             try:
-                self._send(json.dumps(payload).encode() + b"\n")
+                self._send(b"%d\n" % len(data) + data)
             except (BrokenPipeError, OSError) as exc:
                 raise WorkerGone(f"worker pipe closed: {exc}") from exc
             deadline = time.monotonic() + timeout

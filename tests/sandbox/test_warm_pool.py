@@ -78,6 +78,31 @@ print(others)
         assert result.stdout == "[1]\n", "only the fork server (PID 1) may share a sandbox with a run"
 
 
+HIDE = """
+import os
+for base in ("/tmp", "."):
+    os.makedirs(f"{base}/hidden/deeper", exist_ok=True)
+    open(f"{base}/hidden/deeper/secret", "w").write("s")
+    os.chmod(f"{base}/hidden/deeper", 0)
+    os.chmod(f"{base}/hidden", 0)
+os.chmod(".", 0o500)  # and leave the run directory itself read-only
+print("hid")
+"""
+LOOK = """
+import os
+print(sorted(os.listdir("/tmp")) == [os.path.basename(os.getcwd())], os.listdir("."), os.access(".", os.W_OK))
+"""
+
+
+def test_files_hidden_behind_removed_permissions_do_not_reach_the_next_run(sandbox_pool: SandboxPool) -> None:
+    """A run can chmod what it leaves behind to 000 (and its own directory to read-only); the wipe undoes it."""
+    for _ in range(2 * sandbox_pool.size):
+        assert sandbox_pool.run(HIDE).stdout == "hid\n"
+        look = sandbox_pool.run(LOOK)
+        assert look.status == Status.OK, look.stderr
+        assert look.stdout == "True [] True\n"
+
+
 def test_a_spare_that_died_is_replaced(sandbox_pool: SandboxPool) -> None:
     sandbox_pool.run("print(1)")
     for worker in sandbox_pool.workers():
