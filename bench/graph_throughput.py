@@ -12,6 +12,7 @@ Set ROLEGRAPH_BENCH_BASE_URL to attach to a running server; otherwise one is lau
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -46,8 +47,10 @@ CONCURRENCY = 32
 EPISODES = 64
 ROUNDS = 1
 """Graph and bare loop alternate in rounds, so load from other processes hits both alike."""
-SEQUENTIAL_EPISODES = 4
-MAX_TOKENS = 32
+SEQUENTIAL_EPISODES = 3
+MAX_TOKENS = 128
+"""Per call. Synthesis writes rationales and problems of hundreds of tokens; at 32 the runs measure prompt
+processing (the same work at any concurrency) rather than generation, which is what batching speeds up."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## graph_throughput"
 console = Console(stderr=True)
@@ -82,8 +85,8 @@ def _reset_prefix_cache(base_url: str) -> None:
         )
 
 
-def _config(base_url: str, model: str) -> RolegraphConfig:
-    sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.7)
+def _config(base_url: str, model: str, max_tokens: int) -> RolegraphConfig:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0.7)
     roles = {*DEFAULT_ROLES, *PROMPTCOT.roles}
     return RolegraphConfig(
         endpoints={"local": EndpointConfig(base_url=base_url, max_concurrency=64)},
@@ -171,29 +174,39 @@ def _write_results(text: str) -> None:
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="graph throughput bench (see the module docstring)")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="per model call")
+    parser.add_argument("--episodes", type=int, default=EPISODES, help="episodes of the concurrent run")
+    parser.add_argument("--sequential-episodes", type=int, default=SEQUENTIAL_EPISODES)
+    return parser.parse_args()
+
+
 async def main() -> int:
+    args = _args()
+    max_tokens, episodes = args.max_tokens, args.episodes
     base_url, model, handle = _server()
-    config = _config(base_url, model)
+    config = _config(base_url, model, max_tokens)
     work = Path(tempfile.mkdtemp(prefix="rg-bench-"))
     seeds = work / "seeds.jsonl"
     rows = [json.loads(line) for line in DEFAULT_SEEDS.read_text().splitlines()[:4]]
     seeds.write_text("".join(json.dumps({**r, "nonce": uuid.uuid4().hex}) + "\n" for r in rows))
-    options = {"seeds": str(seeds), "seed_limit": 4, "k": 2, "max_tokens": MAX_TOKENS}
+    options = {"seeds": str(seeds), "seed_limit": 4, "k": 2, "max_tokens": max_tokens}
     try:
         console.print("[bold]warm-up[/] (concept pool and embeddings, cached for the measured runs)")
         await _graph(config, options, 2, 2, work / "warmup")
         rounds: list[tuple[dict, dict]] = []
         for index in range(ROUNDS):
-            console.print(f"[bold]graph[/] round {index + 1}: concurrency {CONCURRENCY}, {EPISODES} episodes")
+            console.print(f"[bold]graph[/] round {index + 1}: concurrency {CONCURRENCY}, {episodes} episodes")
             _reset_prefix_cache(base_url)
-            g = await _graph(config, options, EPISODES, CONCURRENCY, work / f"graph-{index}", seed=index)
+            g = await _graph(config, options, episodes, CONCURRENCY, work / f"graph-{index}", seed=index)
             console.print(f"[bold]bare loop[/] round {index + 1}: replaying {g['calls']} calls")
             _reset_prefix_cache(base_url)
             rounds.append((g, await _bare(base_url, g.pop("steps"))))
         graph, bare = _total([g for g, _ in rounds]), _total([b for _, b in rounds])
-        console.print(f"[bold]sequential[/] concurrency 1, {SEQUENTIAL_EPISODES} episodes")
+        console.print(f"[bold]sequential[/] concurrency 1, {args.sequential_episodes} episodes")
         _reset_prefix_cache(base_url)
-        sequential = await _graph(config, options, SEQUENTIAL_EPISODES, 1, work / "sequential")
+        sequential = await _graph(config, options, args.sequential_episodes, 1, work / "sequential")
         sequential.pop("steps")
     finally:
         if handle is not None and handle.owned:
@@ -203,15 +216,17 @@ async def main() -> int:
     rows_md = "\n".join(
         f"| {name} | {r['calls']} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} |"
         for name, r in (
-            (f"graph (concurrency {CONCURRENCY}, {ROUNDS}×{EPISODES} episodes)", graph),
+            (f"graph (concurrency {CONCURRENCY}, {ROUNDS}×{episodes} episodes)", graph),
             (f"bare AsyncOpenAI loop (concurrency {CONCURRENCY})", bare),
             ("graph sequential (concurrency 1)", sequential),
         )
     )
     report = (
         f"{SECTION}\n"
-        f"`python bench/graph_throughput.py` on {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"{model}, max_tokens {MAX_TOKENS}, k=2, {time.strftime('%Y-%m-%d')}.\n\n"
+        f"`python bench/graph_throughput.py --max-tokens {max_tokens} --episodes {episodes} "
+        f"--sequential-episodes {args.sequential_episodes}` on {os.cpu_count()} CPU cores "
+        f"({platform.machine()}), "
+        f"{model}, max_tokens {max_tokens}, k=2, {time.strftime('%Y-%m-%d')}.\n\n"
         "| run | model calls | completion tokens | seconds | tokens/s |\n|---|---|---|---|---|\n"
         f"{rows_md}\n\n"
         f"- graph / bare loop: **{vs_bare:.2f}×** (target ≥ 0.9×) {_verdict(vs_bare >= 0.9)}\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol
 
 

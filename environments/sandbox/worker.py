@@ -68,7 +68,7 @@ class Worker:
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.runs = 0
-        self.run_dir = None  # the one directory every run of this worker starts in (emptied after each run)
+        self.run_dir = ""  # the one directory every run of this worker starts in (emptied after each run)
         self.ran = False  # a run finished since the last wipe
         self.dirty = False
         self.kernel = None  # (pid, control_w, reply_r, out_r, err_r, run_dir) while a session is open
@@ -102,7 +102,7 @@ class Worker:
             if not isinstance(request, dict):
                 raise ValueError(f"expected a dict, got {type(request).__name__}")
         except (ValueError, EOFError, TypeError) as exc:
-            reply = {"status": "sandbox_error", "error": f"bad request: {exc}"}
+            reply: dict = {"status": "sandbox_error", "error": f"bad request: {exc}"}
         else:
             try:
                 reply = self.handle(request)
@@ -589,7 +589,9 @@ try:  # json.dumps without its Python layers (they cost page faults after every 
         return "".join(_ENCODER(value, 0))
 
 except ImportError:  # pragma: no cover - CPython always has _json
-    dump_json = json.dumps
+
+    def dump_json(value):
+        return json.dumps(value)
 
 
 def write_all(fd, data):
@@ -639,6 +641,7 @@ def prepare_child(out_w, err_w):
     os.dup2(DEVNULL_FD, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
+    assert CHILD_STREAMS is not None, "make_child_streams() runs in the worker before any fork"
     sys.stdin, sys.stdout, sys.stderr = CHILD_STREAMS
     # `random` reseeds itself after fork; numpy does not, and children must not share one random sequence.
     if "numpy.random" in sys.modules:

@@ -121,11 +121,40 @@ def build_command(spec: LaunchSpec, model_arg: str, served_name: str, port: int)
     return cmd + list(spec.extra_args)
 
 
+SMALL_CPU_MACHINE = 4
+"""On this many usable cores or fewer, a CPU server computes on all of them (see cpu_thread_binding)."""
+THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def cpu_thread_binding(cpus: list[int] | None = None) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for a small machine: every usable core, e.g. "0-1"; None on bigger ones.
+
+    vLLM's `auto` binding keeps one core for its frontend (API server and engine core) and computes on the
+    rest, which on a 2-core machine halves the compute. Measured there (smollm2-135m, 128 tokens per request):
+    16.2 -> 19.1 tok/s at concurrency 1 and 82.9 -> 143 tok/s at concurrency 32. Bigger machines keep vLLM's
+    NUMA-aware `auto`.
+    """
+    cpus = sorted(set(cpus if cpus is not None else os.sched_getaffinity(0)))
+    if not cpus or len(cpus) > SMALL_CPU_MACHINE:
+        return None
+    runs: list[list[int]] = []
+    for cpu in cpus:
+        if runs and cpu == runs[-1][-1] + 1:
+            runs[-1].append(cpu)
+        else:
+            runs.append([cpu])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
 def build_env(spec: LaunchSpec) -> dict[str, str]:
-    """The server environment: CPU KV-cache size on CPU only (GPU is configuration, not another code path)."""
+    """The server environment: CPU KV-cache size and thread binding on CPU only (GPU is configuration)."""
     env = dict(os.environ)
     if spec.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))  # vLLM reads an int (GiB)
+        binding = cpu_thread_binding()
+        parallel = any(arg.startswith(("--tensor-parallel-size", "-tp")) for arg in spec.extra_args)
+        if binding and THREADS_BIND not in env and not parallel:
+            env[THREADS_BIND] = binding
     if spec.enable_lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.update(spec.env)

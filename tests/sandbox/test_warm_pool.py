@@ -95,7 +95,7 @@ print(sorted(os.listdir("/tmp")) == [os.path.basename(os.getcwd())], os.listdir(
 
 
 def test_files_hidden_behind_removed_permissions_do_not_reach_the_next_run(sandbox_pool: SandboxPool) -> None:
-    """A run can chmod what it leaves behind to 000 (and its own directory to read-only); the wipe undoes it."""
+    """A run can chmod what it leaves behind to 000, and its own directory read-only; the wipe undoes it."""
     for _ in range(2 * sandbox_pool.size):
         assert sandbox_pool.run(HIDE).stdout == "hid\n"
         look = sandbox_pool.run(LOOK)

@@ -17,7 +17,14 @@ from rolegraph.config import LaunchSpec, SamplingParams
 from rolegraph.errors import EndpointError, ModelNotFoundError
 from rolegraph.models import MARKER, prepare, prepare_model, resolve_model
 from rolegraph.serving.client import Client, is_retryable, normalize_base_url
-from rolegraph.serving.launcher import _pick_port, build_command, build_env, log_tail, spec_hash
+from rolegraph.serving.launcher import (
+    _pick_port,
+    build_command,
+    build_env,
+    cpu_thread_binding,
+    log_tail,
+    spec_hash,
+)
 
 CHAT_OK = {
     "id": "x",
@@ -125,6 +132,19 @@ def test_cpu_command_and_environment_follow_the_platform_recipe() -> None:
     assert "--enable-lora --max-lora-rank 8 --max-loras 2" in joined and joined.endswith("--seed 1")
     env = build_env(spec)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_small_cpu_machines_compute_on_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu_thread_binding([0, 1]) == "0-1"
+    assert cpu_thread_binding([3, 0, 2]) == "0,2-3"
+    assert cpu_thread_binding(list(range(16))) is None, "big machines keep vLLM's own binding"
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert build_env(LaunchSpec())["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    parallel = LaunchSpec(extra_args=["--tensor-parallel-size", "2"])
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in build_env(parallel)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    assert build_env(LaunchSpec())["VLLM_CPU_OMP_THREADS_BIND"] == "0", "the user's setting wins"
 
 
 def test_gpu_is_configuration_only() -> None:
