@@ -70,6 +70,34 @@ def load_base(settings: TrainSettings) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def train_lora(
+    trainer_cls: Any,
+    settings: TrainSettings,
+    args: Any,
+    dataset: Any,
+    output_dir: Path,
+    started: float,
+    *,
+    padding_side: str | None = None,
+    **trainer_kwargs: Any,
+) -> TrainResult:
+    """Build a TRL trainer (SFT, DPO, GRPO) for a LoRA on the base model, train it and save the adapter."""
+    from rolegraph.trainers.lora import lora_config
+
+    model, tokenizer = load_base(settings)
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings.lora),
+        **trainer_kwargs,
+    )
+    return run_trainer(trainer, settings, output_dir, len(dataset), started)
+
+
 def run_trainer(
     trainer: Any, settings: TrainSettings, output_dir: Path, rows: int, started: float
 ) -> TrainResult:

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset
 
-from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
+from rolegraph.trainers.base import TrainResult, quiet, scratch_dir, train_lora
 from rolegraph.trainers.config import DPOSettings
 from rolegraph.trainers.data import load_export
-from rolegraph.trainers.lora import lora_config
 
 if TYPE_CHECKING:
     from trl import DPOConfig
@@ -42,12 +41,4 @@ def train_dpo(settings: DPOSettings, data: Dataset | Path | str, output_dir: Pat
         )
     from trl import DPOTrainer
 
-    model, tokenizer = load_base(settings)
-    trainer = DPOTrainer(
-        model=model,
-        args=trl_config(settings, output_dir),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings.lora),
-    )
-    return run_trainer(trainer, settings, output_dir, len(dataset), started)
+    return train_lora(DPOTrainer, settings, trl_config(settings, output_dir), dataset, output_dir, started)

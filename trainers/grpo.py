@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
+from rolegraph.trainers.base import TrainResult, quiet, scratch_dir, train_lora
 from rolegraph.trainers.config import GRPOSettings
 from rolegraph.trainers.data import read_rows
-from rolegraph.trainers.lora import lora_config
 
 if TYPE_CHECKING:
     from trl import GRPOConfig
@@ -173,14 +172,7 @@ def train_grpo(
         reward = StoreReward(rows, use_stored=False)
     from trl import GRPOTrainer
 
-    model, tokenizer = load_base(settings)
-    tokenizer.padding_side = "left"
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward,
-        args=trl_config(settings, output_dir),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings.lora),
+    args = trl_config(settings, output_dir)
+    return train_lora(
+        GRPOTrainer, settings, args, dataset, output_dir, started, padding_side="left", reward_funcs=reward
     )
-    return run_trainer(trainer, settings, output_dir, len(dataset), started)

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset
 
-from rolegraph.trainers.base import TrainResult, load_base, quiet, run_trainer, scratch_dir
+from rolegraph.trainers.base import TrainResult, quiet, scratch_dir, train_lora
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.data import load_export, to_dataset
-from rolegraph.trainers.lora import lora_config
 
 if TYPE_CHECKING:
     from trl import SFTConfig
@@ -41,15 +40,7 @@ def train_sft(settings: SFTSettings, data: Dataset | Path | str, output_dir: Pat
         raise TrainingError("the SFT dataset has no rows", "export a run with finished, verified episodes")
     from trl import SFTTrainer
 
-    model, tokenizer = load_base(settings)
-    trainer = SFTTrainer(
-        model=model,
-        args=trl_config(settings, output_dir),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings.lora),
-    )
-    return run_trainer(trainer, settings, output_dir, len(dataset), started)
+    return train_lora(SFTTrainer, settings, trl_config(settings, output_dir), dataset, output_dir, started)
 
 
 __all__ = ["to_dataset", "train_sft", "trl_config"]
