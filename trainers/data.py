@@ -66,22 +66,25 @@ def _check_messages(value: Any, where: str, method: str) -> None:
             raise TrainingError(f"{where} holds a message without 'role' and 'content'", _fix(method))
 
 
-def _read_jsonl(path: Path, method: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def jsonl_values(path: Path, fix: str) -> list[tuple[int, Any]]:
+    """The parsed non-blank lines of a JSONL file with their line numbers; `fix` ends every error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise TrainingError(f"export file {path} is not UTF-8 text (JSONL expected)", _fix(method)) from None
+        raise TrainingError(f"{path} is not UTF-8 text (JSONL expected)", fix) from None
+    values: list[tuple[int, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            values.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise TrainingError(
-                f"{path}: line {number} is not valid JSON ({exc.msg})", _fix(method)
-            ) from None
-    return rows
+            raise TrainingError(f"{path}: line {number} is not valid JSON ({exc.msg})", fix) from None
+    return values
+
+
+def _read_jsonl(path: Path, method: str) -> list[dict[str, Any]]:
+    return [row for _, row in jsonl_values(path, _fix(method))]
 
 
 def _read_parquet(path: Path, method: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ iteration. Every generation and scoring call is recorded in the run's store; tra
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rolegraph.errors import TrainingError
 from rolegraph.store import Store
 from rolegraph.trainers.calls import Recorder
 from rolegraph.trainers.config import SFTSettings
+from rolegraph.trainers.data import jsonl_values
 from rolegraph.trainers.handoff import hand_off
 from rolegraph.trainers.recording import record_training
 from rolegraph.trainers.registry import AdapterRegistry
@@ -78,15 +78,7 @@ def load_seeds(path: Path, limit: int) -> list[Seed]:
             f"seed file {path} does not exist", "pass a JSONL of problems, e.g. math500_dev.jsonl"
         )
     seeds: list[Seed] = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(
-                f"{path}: line {number} is not valid JSON ({exc.msg})", "fix or drop it"
-            ) from None
+    for number, row in jsonl_values(path, "fix or drop it"):
         if not isinstance(row, dict) or not str(row.get("problem", "")).strip():
             raise TrainingError(
                 f"{path}: line {number} has no 'problem'", "give every line a 'problem' field"

@@ -15,7 +15,6 @@ the problems that did not finish).
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from rolegraph.store import STORE_FILE, Store
 from rolegraph.trainers.calls import Recorder
 from rolegraph.trainers.code_rollouts import CodeSpec, code_role, code_spec, task_text, verify_code
 from rolegraph.trainers.config import DPOSettings
+from rolegraph.trainers.data import jsonl_values
 from rolegraph.trainers.dpo import train_dpo
 from rolegraph.trainers.grpo import extract_boxed
 from rolegraph.trainers.handoff import HandOffReport, hand_off
@@ -104,7 +104,9 @@ def load_problems(source: Path, limit: int) -> list[Problem]:
             if e.final_state and str(e.final_state.get("problem", "")).strip()
         ]
     elif source.is_file():
-        problems = [_problem_row(source, number, line) for number, line in _lines(source)]
+        problems = [
+            _problem_row(source, number, row) for number, row in jsonl_values(source, "fix or drop the line")
+        ]
     else:
         raise TrainingError(
             f"problem source {source} does not exist", "pass a promptcot run dir or a JSONL file"
@@ -116,18 +118,7 @@ def load_problems(source: Path, limit: int) -> list[Problem]:
     return problems[:limit]
 
 
-def _lines(source: Path) -> list[tuple[int, str]]:
-    text = source.read_text(encoding="utf-8")
-    return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
-def _problem_row(source: Path, number: int, line: str) -> Problem:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TrainingError(
-            f"{source}: line {number} is not valid JSON ({exc.msg})", "fix or drop the line"
-        ) from None
+def _problem_row(source: Path, number: int, row: Any) -> Problem:
     if not isinstance(row, dict):
         raise TrainingError(f"{source}: line {number} is not a JSON object", "one problem object per line")
     pid = str(row.get("id") or row.get("task_id") or f"p{number}")
