@@ -105,7 +105,7 @@ class Worker:
             reply: dict = {"status": "sandbox_error", "error": f"bad request: {exc}"}
         else:
             try:
-                reply = self.handle(request)
+                reply = self.handle(request, frame)
             except Exception:
                 reply = {"status": "sandbox_error", "error": traceback.format_exc(limit=3)}
             reply["id"] = request.get("id")
@@ -119,7 +119,8 @@ class Worker:
         if self.prefork and self.spare is None and self.kernel is None:
             self.spare = self.fork_spare()
 
-    def handle(self, request):
+    def handle(self, request, frame):
+        """The reply to one request; `frame` is its marshal encoding, passed on to a run's child as is."""
         op = request.get("op")
         if op == "ping":
             spare = self.spare[0] if self.spare else None
@@ -131,7 +132,7 @@ class Worker:
                 "spare": spare,
             }
         if op in ("exec", "call", "tests"):
-            return self.run_child(request)
+            return self.run_child(request, frame)
         if op == "session_open":
             return self.session_open(request)
         if op == "session_cell":
@@ -206,7 +207,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def run_child(self, request):
+    def run_child(self, request, frame):
         limits = request.get("limits") or {}
         pid, pidfd, req_w, out_r, err_r, res_r = self.take_spare()
         if request.get("stdin"):
@@ -214,7 +215,7 @@ class Worker:
                 handle.write(request["stdin"])
         started = time.monotonic()
         with contextlib.suppress(OSError):  # a child that died already is reported by collect
-            write_all(req_w, marshal.dumps(request))
+            write_all(req_w, frame)
         os.close(req_w)
         try:
             outcome = self.collect(pid, pidfd, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
@@ -544,19 +545,8 @@ def wipe(folder, keep=None):
         return
     for name in names:
         path = os.path.join(folder, name)
-        if path == keep:
-            continue
-        try:
-            os.rmdir(path)  # the common case: an empty folder
-            continue
-        except OSError:
-            pass
-        try:
-            os.unlink(path)
-            continue
-        except OSError:
-            pass
-        remove_tree(path)
+        if path != keep:
+            remove_tree(path)
 
 
 def remove_tree(path):
@@ -712,7 +702,7 @@ def spare_main(req_r, out_w, err_w, res_w, nproc_rlimit):
         if not data:  # the worker dropped this spare
             code = 0
             return
-        request = marshal.loads(data)  # from the worker, which parsed the host's JSON already
+        request = marshal.loads(data)  # the host's own request frame, forwarded by the worker
         apply_rlimits(request.get("limits") or {}, nproc_rlimit)
         if request.get("stdin"):
             redirect_stdin(STDIN_NAME)
