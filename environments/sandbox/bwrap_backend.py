@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rolegraph.environments.sandbox.base import LaunchPlan, Limits
-from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, worker_source
+from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, worker_argv
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -85,16 +84,7 @@ class BwrapBackend:
             "wipe_dirs": ["/tmp", "/dev/shm"],
             "nproc_rlimit": True,  # each sandbox has its own user namespace, so the count is per sandbox
         }
-        argv = [
-            *bwrap_argv(limits),
-            SYSTEM_PYTHON,
-            "-I",
-            "-S",
-            "-B",
-            "-c",
-            worker_source(),
-            json.dumps(config),
-        ]
+        argv = [*bwrap_argv(limits), *worker_argv(SYSTEM_PYTHON, ["-I", "-S", "-B"], config)]
         # Started as nobody on the host too: even an escape from the namespaces lands as an unprivileged user.
         user = NOBODY if os.geteuid() == 0 else None
         return LaunchPlan(

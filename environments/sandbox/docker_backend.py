@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import uuid
@@ -10,7 +9,7 @@ from typing import Any
 
 from rolegraph.environments.sandbox.base import LaunchPlan, Limits
 from rolegraph.environments.sandbox.image import image_exists, image_tag
-from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, make_channel, worker_source
+from rolegraph.environments.sandbox.process import DEBIAN_SITE_DIRS, make_channel, worker_argv
 
 LABEL = "rolegraph.sandbox"
 NOBODY = "65534:65534"
@@ -89,7 +88,7 @@ class DockerBackend:
         run = container_run_argv(name, limits, self.image)
         # Read-only: the sandbox can open the two FIFOs (a FIFO ignores a read-only mount) and nothing else.
         run[2:2] = ["-i", "--mount", f"type=bind,source={channel.folder},target={CHANNEL_MOUNT},readonly"]
-        argv = [*run, "python3", "-I", "-S", "-B", "-c", worker_source(), json.dumps(config)]
+        argv = [*run, *worker_argv("python3", ["-I", "-S", "-B"], config)]
         return LaunchPlan(
             argv=argv,
             env=_client_env(),

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from typing import Any
 
 from rolegraph.environments.sandbox.base import LaunchPlan, Limits
-from rolegraph.environments.sandbox.process import worker_source
+from rolegraph.environments.sandbox.process import worker_argv
 
 NOBODY = 65534
 WARNING = (
@@ -39,7 +38,6 @@ class LocalBackend:
             "wipe_dirs": [scratch],
             "nproc_rlimit": True,
         }
-        argv = [sys.executable if user is None else "/usr/bin/python3", "-I", "-B", "-c", worker_source()]
-        argv.append(json.dumps(config))
+        argv = worker_argv(sys.executable if user is None else "/usr/bin/python3", ["-I", "-B"], config)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
         return LaunchPlan(argv=argv, env=env, user=user, cleanup_argv=["rm", "-rf", scratch], name="local")

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
@@ -26,6 +27,19 @@ _WORKER_SOURCE: str | None = None
 START_TIMEOUT_S = 90.0
 DEBIAN_SITE_DIRS = ["/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3/dist-packages"]
 """What site.py would add for Debian's python3 (the sandboxed worker runs with -S)."""
+
+
+WORKER_BOOTSTRAP = (
+    "import sys; exec(compile(sys.argv.pop(1), 'rolegraph-sandbox-worker', 'exec'), {'__name__': '__main__'})"
+)
+"""The `python3 -c` program that starts a worker. compile() frees the parser's memory when it returns; given
+as `-c` itself, the worker's ~2 MB syntax tree would stay alive for the worker's whole life, and fork copies
+(and exit unmaps) every page of it on every run."""
+
+
+def worker_argv(python: str, flags: Sequence[str], config: Mapping[str, Any]) -> list[str]:
+    """The command line that starts a fork server under `python` with this config."""
+    return [python, *flags, "-c", WORKER_BOOTSTRAP, worker_source(), json.dumps(config)]
 
 
 def worker_source() -> str:

@@ -32,6 +32,7 @@ OUTPUT_PIPES = ("stdout", "stderr")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 MAX_RESULT_BYTES = 8 * 1024 * 1024
 STDIN_NAME = ".stdin"
+READ_SIZE = 65536  # larger reads make malloc grow the heap, and every page of it is copied at each fork
 CHILD_STREAMS = None
 """(stdin, stdout, stderr) text streams on fds 0-2, made once in the worker and never used by it, so a child
 only moves its pipes onto fds 0-2. Page faults after fork are what a run costs here, and building three
@@ -74,6 +75,7 @@ class Worker:
         self.kernel = None  # (pid, control_w, reply_r, out_r, err_r, run_dir) while a session is open
         self.spare = None  # (pid, pidfd, request_w, out_r, err_r, res_r): the next run's child
         self.is_init = os.getpid() == 1 and self.sandboxed
+        self.settings = process_settings()
 
     def serve(self):
         """Answer requests (length-prefixed marshal frames from the host) until the host closes the pipe."""
@@ -81,7 +83,7 @@ class Worker:
         while True:
             frame = read_frame(buf)
             if frame is None:
-                chunk = os.read(self.in_fd, 1 << 20)
+                chunk = os.read(self.in_fd, READ_SIZE)
                 if not chunk:
                     return
                 buf += chunk
@@ -221,10 +223,18 @@ class Worker:
             outcome = self.collect(pid, pidfd, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
         finally:
             os.close(pidfd)
-        outcome["dirty"] = self.kill_leftovers(pid) or self.dirty
+        dirty = self.kill_leftovers(pid) or self.dirty or self.tampered()
+        outcome["dirty"] = dirty or (self.sandboxed and sysv_ipc_left())
         self.dirty = False
         self.ran = True
         return outcome
+
+    def tampered(self):
+        """True when a run changed this process's limits or scheduling, which the next runs would inherit.
+
+        A run has the worker's uid, so it may prlimit, renice, taskset or chrt the worker. Checked once the
+        run's processes are all dead; the host then replaces the worker."""
+        return process_settings() != self.settings
 
     def collect(self, pid, pidfd, pipes, res_r, limits, started):
         """Wait for the child, capturing its output, until it exits, times out or floods its output."""
@@ -506,6 +516,38 @@ def parse_report(data):
         return {}
 
 
+RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource)) if name.startswith("RLIMIT_"))
+
+
+def process_settings():
+    """What another process of the same user can change about this one and its future children."""
+    return (
+        tuple(resource.getrlimit(which) for which in RLIMITS),
+        os.getpriority(os.PRIO_PROCESS, 0),
+        os.sched_getscheduler(0),
+        os.sched_getaffinity(0),
+    )
+
+
+SYSV_IPC_TABLES = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
+
+
+def sysv_ipc_left():
+    """True when the sandbox's IPC namespace holds a System V object, which would outlive the run that made
+    it and let the next run read it."""
+    for path in SYSV_IPC_TABLES:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if os.read(fd, 4096).count(b"\n") > 1:  # a header line, then one line per object
+                return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def kill_tree(pid):
     """Kill a child and its process group (the child made itself a group leader)."""
     for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
@@ -669,6 +711,7 @@ def apply_rlimits(limits, nproc_rlimit):
         (resource.RLIMIT_FSIZE, int(limits.get("max_file_mb", 16)) * 1024 * 1024),
         (resource.RLIMIT_NOFILE, int(limits.get("max_open_files", 256))),
         (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_MSGQUEUE, 0),  # no POSIX message queues: they would outlive the run
     ]
     if nproc_rlimit:
         caps.append((resource.RLIMIT_NPROC, int(limits.get("max_processes", 64))))
@@ -717,7 +760,7 @@ def spare_main(req_r, out_w, err_w, res_w, nproc_rlimit):
 def read_all(fd):
     chunks: list[bytes] = []
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.read(fd, READ_SIZE)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -872,6 +915,12 @@ def run_cell(source, namespace, count):
         return {"status": "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
+def trim_heap():
+    """Give free heap pages back to the kernel: fork copies, and exit unmaps, every page the worker has."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def harden():
     """No ptrace or /proc/<pid>/mem access to the worker from the programs it runs (same uid)."""
     with contextlib.suppress(Exception):
@@ -935,6 +984,7 @@ def main():
     worker = Worker(config)
     worker.enter_run_dir()
     gc.collect()
+    trim_heap()
     gc.freeze()  # children then never touch (and so never copy) the worker's objects when they collect
     worker.in_fd, worker.out_fd = open_channel(config.get("channel"))
     sys.stdout.buffer.write(b'{"ready": true}\n')

@@ -103,6 +103,61 @@ def test_files_hidden_behind_removed_permissions_do_not_reach_the_next_run(sandb
         assert look.stdout == "True [] True\n"
 
 
+RETUNE_FORK_SERVER = """
+import os, resource
+server = os.getppid()
+resource.prlimit(server, resource.RLIMIT_NOFILE, (20, 20))
+resource.prlimit(server, resource.RLIMIT_AS, (100 * 2**20, 100 * 2**20))
+os.setpriority(os.PRIO_PROCESS, server, 19)
+print("retuned", server)
+"""
+LIMITS_PROBE = """
+import os, resource
+print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_AS), os.getpriority(0, 0))
+"""
+
+
+def test_a_run_cannot_retune_the_fork_server_for_later_runs(sandbox_pool: SandboxPool) -> None:
+    """A run has the fork server's uid, so it may prlimit or renice it; the worker is then replaced, since
+    every later run would inherit the change."""
+    memory = sandbox_pool.limits.memory_mb * 2**20
+    expected = f"(256, 256) ({memory}, {memory}) 0\n"
+    assert sandbox_pool.run(LIMITS_PROBE).stdout == expected
+    for _ in range(sandbox_pool.size):
+        retuned = sandbox_pool.run(RETUNE_FORK_SERVER)
+        assert retuned.stdout.startswith("retuned"), retuned.stderr
+    for _ in range(2 * sandbox_pool.size):
+        probe = sandbox_pool.run(LIMITS_PROBE)
+        assert probe.status == Status.OK, probe.stderr
+        assert probe.stdout == expected
+
+
+LEAVE_IPC_OBJECTS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+made = [libc.shmget(0x5EC1, 4096, 0o1600), libc.msgget(0x5EC2, 0o1600), libc.semget(0x5EC3, 1, 0o1600)]
+queue = libc.mq_open(b"/rolegraph-leak", 0o102, 0o600, None)  # O_CREAT | O_RDWR
+print(min(made) >= 0, queue)
+"""
+FIND_IPC_OBJECTS = """
+import ctypes
+tables = [open(f"/proc/sysvipc/{kind}").read().count("\\n") - 1 for kind in ("shm", "msg", "sem")]
+print(tables, ctypes.CDLL(None).mq_open(b"/rolegraph-leak", 0o2))
+"""
+
+
+def test_ipc_objects_do_not_reach_the_next_run(sandbox_pool: SandboxPool) -> None:
+    """System V objects outlive their maker in the sandbox's IPC namespace: a run that leaves one gets its
+    worker replaced. POSIX message queues cannot be made at all (RLIMIT_MSGQUEUE is 0)."""
+    for _ in range(sandbox_pool.size):
+        left = sandbox_pool.run(LEAVE_IPC_OBJECTS)
+        assert left.stdout == "True -1\n", left.stderr
+    for _ in range(2 * sandbox_pool.size):
+        found = sandbox_pool.run(FIND_IPC_OBJECTS)
+        assert found.status == Status.OK, found.stderr
+        assert found.stdout == "[0, 0, 0] -1\n"
+
+
 def test_a_spare_that_died_is_replaced(sandbox_pool: SandboxPool) -> None:
     sandbox_pool.run("print(1)")
     for worker in sandbox_pool.workers():
