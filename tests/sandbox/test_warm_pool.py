@@ -112,8 +112,9 @@ os.setpriority(os.PRIO_PROCESS, server, 19)
 print("retuned", server)
 """
 LIMITS_PROBE = """
-import os, resource
-print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_AS), os.getpriority(0, 0))
+from os import getpriority
+from resource import RLIMIT_AS, RLIMIT_NOFILE, getrlimit
+print(getrlimit(RLIMIT_NOFILE), getrlimit(RLIMIT_AS), getpriority(0, 0))
 """
 
 
