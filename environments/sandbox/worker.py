@@ -5,28 +5,29 @@ fresh child forked from this pristine process, under rlimits, in its own scratch
 afterwards; when the worker is PID 1 of its own PID namespace every leftover process is killed after each
 run. A session keeps one long-lived child (a kernel) whose globals persist across cells.
 
-Standard library only: this file is shipped into the sandbox as the `python3 -c` program. It runs under the
-sandbox's own python3 and is deliberately dependency- and annotation-light, so mypy only checks its bodies.
+Standard library only: this file is shipped into the sandbox and started by process.WORKER_BOOTSTRAP. It runs
+under the sandbox's own python3 and is deliberately dependency- and annotation-light, so mypy only checks its
+bodies. It imports C modules where the stdlib has a Python layer over them (`_ast`, `_json`, `_signal`):
+every page the worker holds is copied at each fork and unmapped at each exit, and json, ast, traceback,
+contextlib and signal (with re, enum, tokenize... behind them) were ~1.8 MB of it.
 """
 # mypy: disallow-untyped-defs=False
+# ruff: noqa: SIM105 (try/except, not contextlib.suppress: see above)
 
+import _ast
+import _json
 import _signal
-import ast
 import builtins
-import contextlib
 import ctypes
 import gc
 import io
-import json
 import marshal
 import os
 import resource
 import select
-import signal
 import stat
 import sys
 import time
-import traceback
 
 OUTPUT_PIPES = ("stdout", "stderr")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
@@ -109,6 +110,8 @@ class Worker:
             try:
                 reply = self.handle(request, frame)
             except Exception:
+                import traceback  # a worker bug: rare, so not worth keeping imported
+
                 reply = {"status": "sandbox_error", "error": traceback.format_exc(limit=3)}
             reply["id"] = request.get("id")
         return dump_json(reply).encode() + b"\n"
@@ -203,11 +206,8 @@ class Worker:
             return
         pid, pidfd, req_w, out_r, err_r, res_r = spare
         kill_tree(pid)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        for fd in (pidfd, req_w, out_r, err_r, res_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        reap(pid)
+        close_all((pidfd, req_w, out_r, err_r, res_r))
 
     def run_child(self, request, frame):
         limits = request.get("limits") or {}
@@ -216,8 +216,10 @@ class Worker:
             with open(os.path.join(self.run_dir, STDIN_NAME), "w") as handle:
                 handle.write(request["stdin"])
         started = time.monotonic()
-        with contextlib.suppress(OSError):  # a child that died already is reported by collect
+        try:
             write_all(req_w, frame)
+        except OSError:  # a child that died already is reported by collect
+            pass
         os.close(req_w)
         try:
             outcome = self.collect(pid, pidfd, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
@@ -298,11 +300,11 @@ class Worker:
         error = None
         if status is None:
             kind = report.get("kind")
-            if signum in (signal.SIGXCPU,):
+            if signum in (_signal.SIGXCPU,):
                 status, error = "timeout", "CPU time limit exceeded"
             elif kind == "memory":
                 status, error = "memory", "memory limit exceeded (MemoryError)"
-            elif signum == signal.SIGKILL:
+            elif signum == _signal.SIGKILL:
                 status, error = "memory", "killed by SIGKILL (memory limit)"
             elif signum is not None:
                 status, error = "error", f"killed by signal {signum}"
@@ -335,7 +337,7 @@ class Worker:
         """Kill whatever the run left behind. Returns True when something was still alive."""
         dirty = False
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, _signal.SIGKILL)
             dirty = True
         except OSError:
             pass
@@ -383,7 +385,7 @@ class Worker:
         captures["stderr"] = Capture(captures["stdout"].keep)
         started = time.monotonic()
         try:
-            write_frame(ctl_w, json.dumps({"code": request.get("code", "")}).encode())
+            write_frame(ctl_w, marshal.dumps(request.get("code", "")))
         except OSError:
             self.kill_kernel()
             return {"status": "sandbox_error", "error": "the session kernel is gone"}
@@ -434,7 +436,7 @@ class Worker:
             if status == "error":
                 result["status"] = "memory" if self.kernel_died_of_memory(captures) else "error"
             return result
-        payload = json.loads(bytes(reply))
+        payload = load_json(bytes(reply).decode("utf-8", "replace"))
         result.update(
             status=payload.get("status", "error"),
             error=payload.get("error"),
@@ -453,12 +455,9 @@ class Worker:
             return
         pid, ctl_w, rep_r, out_r, err_r, run_dir = self.kernel
         self.kernel = None
-        for fd in (ctl_w, rep_r, out_r, err_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_all((ctl_w, rep_r, out_r, err_r))
         kill_tree(pid)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        reap(pid)
         self.cleanup(pid, run_dir)
 
 
@@ -511,9 +510,10 @@ def parse_report(data):
     if not data:
         return {}
     try:
-        return json.loads(data.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        report = load_json(data.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError, StopIteration, RecursionError):  # a program may write junk there
         return {}
+    return report if isinstance(report, dict) else {}
 
 
 RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource)) if name.startswith("RLIMIT_"))
@@ -550,9 +550,26 @@ def sysv_ipc_left():
 
 def kill_tree(pid):
     """Kill a child and its process group (the child made itself a group leader)."""
-    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-        with contextlib.suppress(OSError):
-            target()
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def reap(pid):
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def close_all(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def kill_everything_else():
@@ -560,7 +577,7 @@ def kill_everything_else():
     dirty = False
     for _ in range(200):
         try:
-            os.kill(-1, signal.SIGKILL)  # as PID 1 this signals every process of the namespace but ourselves
+            os.kill(-1, _signal.SIGKILL)  # as PID 1 this signals every process of the namespace but ourselves
             dirty = True
         except ProcessLookupError:
             pass
@@ -603,27 +620,47 @@ def remove_tree(path):
         return
     for child in names:
         remove_tree(child)
-    with contextlib.suppress(OSError):
+    try:
         os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _no_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-try:  # json.dumps without its Python layers (they cost page faults after every fork); same output
-    from _json import encode_basestring_ascii as _encode_string
-    from _json import make_encoder as _make_encoder
+_ENCODER = _json.make_encoder(
+    None, _no_default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
+)
 
-    _ENCODER = _make_encoder(None, _no_default, _encode_string, None, ": ", ", ", False, False, True)
 
-    def dump_json(value):
-        return "".join(_ENCODER(value, 0))
+def dump_json(value):
+    """json.dumps(value), straight from the C encoder."""
+    return "".join(_ENCODER(value, 0))
 
-except ImportError:  # pragma: no cover - CPython always has _json
 
-    def dump_json(value):
-        return json.dumps(value)
+class _DecoderSettings:
+    """The attributes _json's C scanner reads from a json.JSONDecoder (with json.loads's defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # "NaN", "Infinity", "-Infinity"
+
+
+_SCANNER = _json.make_scanner(_DecoderSettings())
+
+
+def load_json(text):
+    """json.loads(text) for one value with no leading whitespace, straight from the C scanner. Raises
+    ValueError or StopIteration on bad input."""
+    value, end = _SCANNER(text, 0)
+    if text[end:].strip():
+        raise ValueError("extra data after the JSON value")
+    return value
 
 
 def write_all(fd, data):
@@ -677,7 +714,7 @@ def prepare_child(out_w, err_w):
     sys.stdin, sys.stdout, sys.stderr = CHILD_STREAMS
     # `random` reseeds itself after fork; numpy does not, and children must not share one random sequence.
     if "numpy.random" in sys.modules:
-        try:  # noqa: SIM105 (contextlib.suppress is Python-level: more page faults in every child)
+        try:
             sys.modules["numpy.random"].seed()
         except Exception:
             pass
@@ -716,7 +753,7 @@ def apply_rlimits(limits, nproc_rlimit):
     if nproc_rlimit:
         caps.append((resource.RLIMIT_NPROC, int(limits.get("max_processes", 64))))
     for which, value in caps:
-        try:  # noqa: SIM105 (see prepare_child)
+        try:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError):
             pass
@@ -767,7 +804,7 @@ def read_all(fd):
 
 
 def report_to(fd, payload):
-    data = (json.dumps(payload) + "\n").encode()
+    data = (dump_json(payload) + "\n").encode()
     while data:
         data = data[os.write(fd, data) :]
 
@@ -809,7 +846,7 @@ def run_request(request, res_fd):
         return 1
     except BaseException as exc:
         try:
-            traceback.print_exc()
+            sys.__excepthook__(type(exc), exc, exc.__traceback__)  # the C traceback printer: no imports
             flush_streams()
             message = f"{type(exc).__name__}: {str(exc)[:500]}"
         except BaseException:
@@ -820,7 +857,7 @@ def run_request(request, res_fd):
 
 def flush_streams():
     for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105 (see prepare_child)
+        try:
             stream.flush()
         except BaseException:
             pass
@@ -829,13 +866,13 @@ def flush_streams():
 def parse_call(func, text):
     """Build `func(<text>)` from the input's AST; the input must be exactly the call's argument list."""
     source = f"{func}({text})"
-    tree = ast.parse(source, mode="eval")
+    tree = compile(source, "<input>", "eval", _ast.PyCF_ONLY_AST)
     call = tree.body
     lines = source.split("\n")
     end = (len(lines), len(lines[-1].encode("utf-8")))
     if (
-        not isinstance(call, ast.Call)
-        or not isinstance(call.func, ast.Name)
+        not isinstance(call, _ast.Call)
+        or not isinstance(call.func, _ast.Name)
         or call.func.id != func
         or (call.lineno, call.col_offset) != (1, 0)
         or (call.end_lineno, call.end_col_offset) != end
@@ -867,10 +904,7 @@ def kernel_main(limits, run_dir, ctl_r, rep_w, out_w, err_w, nproc_rlimit):
     try:
         enter_child(limits, run_dir, None, out_w, err_w, nproc_rlimit)
         keep = {ctl_r, rep_w}
-        for fd in range(3, 4096):
-            if fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        close_all(fd for fd in range(3, 4096) if fd not in keep)
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         buf = bytearray()
         count = 0
@@ -884,9 +918,9 @@ def kernel_main(limits, run_dir, ctl_r, rep_w, out_w, err_w, nproc_rlimit):
                 continue
             del buf[: buf.find(b"\n") + 1 + len(frame)]
             count += 1
-            reply = run_cell(json.loads(bytes(frame))["code"], namespace, count)
+            reply = run_cell(marshal.loads(frame), namespace, count)  # from the worker: trusted
             flush_streams()
-            write_frame(rep_w, json.dumps(reply).encode())
+            write_frame(rep_w, dump_json(reply).encode())
     except BaseException:
         code = 1
     finally:
@@ -896,10 +930,10 @@ def kernel_main(limits, run_dir, ctl_r, rep_w, out_w, err_w, nproc_rlimit):
 def run_cell(source, namespace, count):
     """Run one cell like a notebook: the value of a final expression is printed."""
     try:
-        tree = ast.parse(source, f"<cell {count}>", "exec")
+        tree = compile(source, f"<cell {count}>", "exec", _ast.PyCF_ONLY_AST)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
+        if tree.body and isinstance(tree.body[-1], _ast.Expr):
+            last = _ast.Expression(tree.body.pop().value)
         exec(compile(tree, f"<cell {count}>", "exec"), namespace)
         if last is not None:
             value = eval(compile(last, f"<cell {count}>", "eval"), namespace)
@@ -911,20 +945,24 @@ def run_cell(source, namespace, count):
     except MemoryError:
         return {"status": "memory", "error": "memory limit exceeded (MemoryError)"}
     except BaseException as exc:
-        traceback.print_exc()
+        sys.__excepthook__(type(exc), exc, exc.__traceback__)
         return {"status": "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
 def trim_heap():
     """Give free heap pages back to the kernel: fork copies, and exit unmaps, every page the worker has."""
-    with contextlib.suppress(Exception):
+    try:
         ctypes.CDLL(None).malloc_trim(0)
+    except Exception:
+        pass
 
 
 def harden():
     """No ptrace or /proc/<pid>/mem access to the worker from the programs it runs (same uid)."""
-    with contextlib.suppress(Exception):
+    try:
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except Exception:
+        pass
 
 
 WARM_UPS = {
@@ -962,12 +1000,12 @@ def open_channel(channel):
 
 
 def main():
-    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    config = load_json(sys.argv[1]) if len(sys.argv) > 1 else {}
     harden()
     # The worker's own environment (and cwd) is what children get: they set nothing up themselves.
     os.environ.clear()
     os.environ.update(CHILD_ENV)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     # The worker runs with -S (no site: a smaller process forks faster), so add Debian's package dirs here.
     for path in config.get("site_dirs") or []:
         if os.path.isdir(path) and path not in sys.path:
