@@ -651,7 +651,7 @@ class _DecoderSettings:
     parse_constant = float  # "NaN", "Infinity", "-Infinity"
 
 
-_SCANNER = _json.make_scanner(_DecoderSettings())
+_SCANNER = _json.make_scanner(_DecoderSettings())  # type: ignore[arg-type]  # duck-typed like the C code
 
 
 def load_json(text):
@@ -863,10 +863,15 @@ def flush_streams():
             pass
 
 
+def parse_ast(source, filename, mode):
+    """ast.parse without the ast module."""
+    return compile(source, filename, mode, _ast.PyCF_ONLY_AST)
+
+
 def parse_call(func, text):
     """Build `func(<text>)` from the input's AST; the input must be exactly the call's argument list."""
     source = f"{func}({text})"
-    tree = compile(source, "<input>", "eval", _ast.PyCF_ONLY_AST)
+    tree = parse_ast(source, "<input>", "eval")
     call = tree.body
     lines = source.split("\n")
     end = (len(lines), len(lines[-1].encode("utf-8")))
@@ -930,7 +935,7 @@ def kernel_main(limits, run_dir, ctl_r, rep_w, out_w, err_w, nproc_rlimit):
 def run_cell(source, namespace, count):
     """Run one cell like a notebook: the value of a final expression is printed."""
     try:
-        tree = compile(source, f"<cell {count}>", "exec", _ast.PyCF_ONLY_AST)
+        tree = parse_ast(source, f"<cell {count}>", "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], _ast.Expr):
             last = _ast.Expression(tree.body.pop().value)
