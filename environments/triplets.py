@@ -143,8 +143,9 @@ class TripletRunner:
         self.limits = limits
         self.determinism_runs = max(1, determinism_runs)
 
-    def _call_job(self, code: str, input_text: str) -> Job:
-        return Job(op="call", code=code, input=input_text, func=FUNC, limits=self.limits)
+    def _call_job(self, code: str, input_text: str, *, perturb: bool = False) -> Job:
+        extra = {"perturb": True} if perturb else {}
+        return Job(op="call", code=code, input=input_text, func=FUNC, limits=self.limits, extra=extra)
 
     # ----------------------------------------------------------------------------------------- proposals
 
@@ -172,8 +173,10 @@ class TripletRunner:
                 if on_done:
                     on_done(index)
                 continue
-            for _ in range(self.determinism_runs):
-                jobs.append(self._call_job(code, input_text))
+            for run in range(self.determinism_runs):
+                # Fresh forks of one fork server are alike down to memory addresses; the later runs shift
+                # them, or output showing id() or a default repr would pass as deterministic.
+                jobs.append(self._call_job(code, input_text, perturb=run > 0))
                 owners.append(index)
         pending = {i: self.determinism_runs for i in set(owners)}
 

@@ -813,12 +813,18 @@ def run_request(request, res_fd):
     """Run one request inside the child and return its exit code. Reports go to the result pipe."""
     op = request["op"]
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    perturb = request.get("perturb")
+    shifts = [None, None]  # kept alive while the program runs (see perturbation)
     try:
         program = compile(request.get("code", ""), "<program>", "exec")
+        if perturb:
+            shifts[0] = perturbation()
         exec(program, namespace)
         if op == "call":
-            call = parse_call(request.get("func", "f"), request.get("input", ""))
-            value = eval(compile(call, "<input>", "eval"), namespace)
+            call = compile(parse_call(request.get("func", "f"), request.get("input", "")), "<input>", "eval")
+            if perturb:
+                shifts[1] = perturbation()
+            value = eval(call, namespace)
             text = plain_repr(value)
             flush_streams()
             report_to(res_fd, {"kind": "value", "value": text})
@@ -853,6 +859,24 @@ def run_request(request, res_fd):
             message = "program raised an exception"
         report_to(res_fd, {"kind": "exception", "type": type(exc).__name__, "error": message})
         return 1
+
+
+def perturbation():
+    """Objects of random counts in every small size class and from every free list (list, dict, float, tuple):
+    allocated, and kept, before the program's own objects, they change where those land. Fresh forks of one
+    fork server would otherwise place them identically, and id() would pass as deterministic."""
+    counts = os.urandom(64)
+    held = [object() for _ in range(1 + counts[0] % 16)]
+    held += [(1 << 40) + i for i in range(1 + counts[1] % 16)]
+    held += [[] for _ in range(1 + counts[2] % 16)]
+    held += [{} for _ in range(1 + counts[3] % 16)]
+    held += [i + 0.5 for i in range(1 + counts[4] % 16)]
+    for length in range(1, 20):
+        held += [tuple(range(length)) for _ in range(1 + counts[4 + length] % 8)]
+    for index, size in enumerate(range(15, 480, 16)):  # bytes(size) takes size + 33 bytes
+        held += [bytes(size) for _ in range(1 + counts[24 + index] % 16)]
+    held.append(bytes(512 + 64 * counts[63]))
+    return held
 
 
 def flush_streams():
