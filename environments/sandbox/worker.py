@@ -243,10 +243,9 @@ class Worker:
         timeout = float(limits.get("timeout_s", 10))
         max_output = int(limits.get("max_output_bytes", 1 << 20))
         keep = int(limits.get("keep_output_bytes", 64 * 1024))
-        captures = {name: Capture(keep) for name in pipes}
+        captures = {"stdout": Capture(keep), "stderr": Capture(keep)}
         result = bytearray()
-        open_fds = {fd: name for name, fd in pipes.items()}
-        open_fds[res_r] = "result"
+        open_fds = {pipes["stdout"]: "stdout", pipes["stderr"]: "stderr", res_r: "result"}
         status = None
         exit_status = None
         try:
@@ -269,7 +268,7 @@ class Worker:
                             result += chunk
                     else:
                         captures[name].add(chunk)
-                if sum(c.total for c in captures.values()) > max_output:
+                if captures["stdout"].total + captures["stderr"].total > max_output:
                     status = "output_limit"
                     break
                 if pidfd in ready:
@@ -412,7 +411,7 @@ class Worker:
                     captures[name].add(chunk)
             if status is not None:
                 break
-            if sum(c.total for c in captures.values()) > max_output:
+            if captures["stdout"].total + captures["stderr"].total > max_output:
                 status = "output_limit"
                 break
         if reply is not None:
@@ -522,7 +521,7 @@ RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource)) if nam
 def process_settings():
     """What another process of the same user can change about this one and its future children."""
     return (
-        tuple(resource.getrlimit(which) for which in RLIMITS),
+        tuple(map(resource.getrlimit, RLIMITS)),
         os.getpriority(os.PRIO_PROCESS, 0),
         os.sched_getscheduler(0),
         os.sched_getaffinity(0),
