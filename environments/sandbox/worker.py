@@ -221,12 +221,14 @@ class Worker:
         except OSError:  # a child that died already is reported by collect
             pass
         os.close(req_w)
-        try:
+        try:  # collect kills what is left of the run before it returns
             outcome = self.collect(pid, pidfd, {"stdout": out_r, "stderr": err_r}, res_r, limits, started)
+        except BaseException:
+            self.kill_leftovers(pid)
+            raise
         finally:
             os.close(pidfd)
-        dirty = self.kill_leftovers(pid) or self.dirty or self.tampered()
-        outcome["dirty"] = dirty or (self.sandboxed and sysv_ipc_left())
+        outcome["dirty"] = self.dirty or self.tampered() or (self.sandboxed and sysv_ipc_left())
         self.dirty = False
         self.ran = True
         return outcome
