@@ -144,7 +144,7 @@ def _ratios(rows: Rows) -> str:
     for program in PROGRAMS:
         warm = rows[("warm docker pool", program)]["per_s"]
         parts.append(
-            f"{program}: bare/docker {rows[(REFERENCE, program)]['per_s'] / warm:.1f}x, "
+            f"{program}: reference/docker {rows[(REFERENCE, program)]['per_s'] / warm:.1f}x, "
             f"docker/docker-run {warm / rows[('docker run per execution', program)]['per_s']:.0f}x"
         )
     return "; ".join(parts)
