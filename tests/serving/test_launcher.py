@@ -112,6 +112,12 @@ async def test_killed_mid_run_gives_endpoint_error_then_works_after_restart(
     assert restarted.alive()  # not the pool's: it stays up for the next tests
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches a foreground program, but a background job (`cmd &` in a script) starts with SIGINT
+    ignored; the test plays the foreground case however the suite itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_reuses_the_running_server_and_stops_cleanly_on_ctrl_c(config_file: Path) -> None:
     before = {s.pid for s in running_servers() if s.endpoint == ENDPOINT}
     assert len(before) == 1
@@ -121,6 +127,7 @@ def test_serve_reuses_the_running_server_and_stops_cleanly_on_ctrl_c(config_file
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=_as_in_a_terminal,
     )
     assert process.stderr is not None
     lines = []
