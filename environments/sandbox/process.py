@@ -43,7 +43,7 @@ def worker_argv(python: str, flags: Sequence[str], config: Mapping[str, Any]) ->
 
 
 def worker_source() -> str:
-    """The in-sandbox fork server's source, passed to the sandboxed interpreter as `python3 -c`."""
+    """The in-sandbox fork server's source, which WORKER_BOOTSTRAP compiles and runs."""
     global _WORKER_SOURCE
     if _WORKER_SOURCE is None:
         _WORKER_SOURCE = resources.files("rolegraph.environments.sandbox").joinpath("worker.py").read_text()

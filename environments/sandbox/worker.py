@@ -29,7 +29,6 @@ import stat
 import sys
 import time
 
-OUTPUT_PIPES = ("stdout", "stderr")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 MAX_RESULT_BYTES = 8 * 1024 * 1024
 STDIN_NAME = ".stdin"
