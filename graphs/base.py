@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.graph import StateGraph
+from pydantic import BaseModel
 
 from rolegraph.graphs.context import GraphContext
 
@@ -31,13 +32,31 @@ class EpisodeInput:
 
 
 @dataclass(frozen=True)
+class Reward:
+    """A named reward a graph declares, as TRL's `reward_funcs` with `reward_weights`.
+
+    The training reward of a choice is the weighted sum of the `train` rewards it has (step rewards first,
+    then its episode's); it is None when any of them is None (the infrastructure failed), and such samples
+    are left out of training and counted.
+    """
+
+    name: str
+    weight: float = 1.0
+    train: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an episode ended, for the summary and for exports."""
 
     kept: bool
     reason: str | None = None
     """Why it was rejected (None when kept)."""
-    rewards: dict[str, float] = field(default_factory=dict)
+    rewards: dict[str, float | None] = field(default_factory=dict)
+    """Values of the graph's declared rewards; None when the infrastructure could not compute one."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Measurements that are not rewards (token counts, agreement rates): shown, never trained on."""
 
 
 @dataclass(frozen=True)
@@ -57,3 +76,7 @@ class GraphDef:
     outcome: Callable[[dict[str, Any]], Outcome]
     prepare: Callable[[GraphContext, RunParams], Awaitable[dict[str, Any]]] | None = None
     description: str = ""
+    rewards: tuple[Reward, ...] = ()
+    """The rewards episodes and steps may carry; at least one is `train=True` when the graph is trained on."""
+    options: type[BaseModel] | None = None
+    """The pydantic model of the graph's `--set` options; None accepts any key."""

@@ -2,7 +2,8 @@
 
 Each episode is a LangGraph thread (thread_id = episode id) whose state is checkpointed after every node in
 `RUN_DIR/checkpoints.sqlite`. Re-running a run directory skips finished episodes and continues unfinished ones
-from their last completed node. Steps of a node that was interrupted are flagged `superseded` in the store.
+from their last completed node. Every step records the LangGraph task it ran in; on resume, steps of earlier
+attempts whose task never completed (by the checkpoints alone) are flagged `superseded`, so readers skip them.
 """
 
 from __future__ import annotations
@@ -11,237 +12,26 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rolegraph.agents.role import Role
-from rolegraph.config import RoleBinding, RolegraphConfig, SamplingParams
-from rolegraph.errors import EndpointError, ModelNotFoundError, ParseError, RolegraphError
+from rolegraph.config import RoleBinding, RolegraphConfig
+from rolegraph.errors import ModelNotFoundError, RolegraphError, failure_kind
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
-from rolegraph.graphs.context import RoleCall
-from rolegraph.serving.types import CallResult
-from rolegraph.store import ChoiceRecord, Store
+from rolegraph.graphs.role_calls import RolePool, RunStats, RuntimeContext
+from rolegraph.store import Store
 
-T = TypeVar("T")
 CHECKPOINT_FILE = "checkpoints.sqlite"
 PREPARE_FILE = "prepare.json"
 PREPARE_EPISODE = "__prepare__"
 """Pseudo-episode id under which a graph's run-level `prepare` calls are recorded."""
 ABORT_AFTER_ENDPOINT_FAILURES = 3
-
-
-class ChatClient(Protocol):
-    async def chat(
-        self, messages: list[dict[str, Any]], *, model: str, sampling: SamplingParams
-    ) -> CallResult: ...
-
-
-class RolePool(Protocol):
-    """What the runtime needs of rolegraph.serving.EndpointPool (fakes implement it in unit tests)."""
-
-    def resolve(self, role: str) -> tuple[Any, str, SamplingParams]: ...
-
-
-@dataclasses.dataclass
-class RunStats:
-    """Live counters for the progress bar and the summary."""
-
-    kept: int = 0
-    rejected: int = 0
-    failed: int = 0
-    skipped: int = 0
-    completion_tokens: int = 0
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / max(time.monotonic() - self.started, 1e-6)
-
-
-# --- the concrete GraphContext ----------------------------------------------------------------------------
-def _sampling_for(role: Role, binding: SamplingParams, overrides: dict[str, Any]) -> SamplingParams:
-    """Role defaults, then what the config binding sets explicitly, then the call's overrides."""
-    known = set(SamplingParams.model_fields)
-    layers = [role.sampling, binding.model_dump(include=binding.model_fields_set), overrides]
-    merged: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if key == "extra":
-                extra.update(value or {})
-            elif key in known:
-                merged[key] = value
-            else:
-                extra[key] = value
-    return SamplingParams(**merged, extra=extra)
-
-
-def _jsonable(value: Any) -> Any:
-    """Environment results as JSON-friendly data (dataclasses and pydantic models included)."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-class RuntimeContext:
-    """The GraphContext nodes get: role and environment calls through the pool, each recorded as a step."""
-
-    def __init__(
-        self,
-        pool: RolePool,
-        store: Store,
-        *,
-        roles: Mapping[str, Role] | None = None,
-        prompts_dir: Path | None = None,
-        stats: RunStats | None = None,
-    ) -> None:
-        self.pool = pool
-        self.store = store
-        self.roles = dict(roles or {})
-        self.prompts_dir = prompts_dir
-        self.stats = stats or RunStats()
-        self.attempts: dict[str, int] = {}
-        self.endpoint_errors: dict[str, str] = {}
-        """Episode id → the last endpoint error of its current attempt; such episodes are retried."""
-        self.last_step: dict[tuple[str, str], int] = {}
-        """(episode id, node) → id of the last step recorded there (for `reward`)."""
-
-    def role(self, name: str) -> Role:
-        if name in self.roles:
-            return self.roles[name]
-        from rolegraph.agents.registry import get_role
-
-        role = get_role(name, self.prompts_dir)
-        self.roles[name] = role
-        return role
-
-    def _attempt(self, episode_id: str) -> int:
-        # Calls outside a started episode (a graph's prepare) are recorded as attempt 1 with no episode row.
-        return self.attempts.get(episode_id, 1)
-
-    async def call_role(
-        self, role: str, *, node: str, episode_id: str, variables: dict[str, Any], **sampling: Any
-    ) -> RoleCall:
-        spec = self.role(role)
-        messages = spec.render(variables)
-        client, model, binding = self.pool.resolve(role)
-        params = _sampling_for(spec, binding, sampling)
-        attempt = self._attempt(episode_id)
-        started_at = time.time()
-        result: CallResult | None = None
-        error: str | None = None
-        try:
-            result = await client.chat(messages, model=model, sampling=params)
-        except ModelNotFoundError:
-            raise  # a wrong binding fails every call: stop the run with its message
-        except EndpointError as exc:
-            error = str(exc)
-            self.endpoint_errors[episode_id] = error
-        parsed: list[dict[str, Any] | None] = []
-        errors: list[str | None] = []
-        for choice in result.choices if result else []:
-            try:
-                parsed.append(spec.parse(choice.text))
-                errors.append(None)
-            except ParseError as exc:
-                parsed.append(None)
-                errors.append(exc.message)
-        choices = [
-            ChoiceRecord(
-                text=c.text,
-                finish_reason=c.finish_reason,
-                token_ids=c.token_ids,
-                logprobs=c.logprobs,
-                parsed=p,
-                parse_error=e,
-            )
-            for c, p, e in zip(result.choices if result else [], parsed, errors, strict=True)
-        ]
-        step_id = self.store.record_step(
-            episode_id=episode_id,
-            attempt=attempt,
-            kind="role",
-            node=node,
-            role=role,
-            started_at=started_at,
-            endpoint=result.endpoint if result else None,
-            model=result.model if result else model,
-            sampling=params.model_dump(exclude_defaults=False),
-            messages=messages,
-            choices=choices,
-            prompt_token_ids=result.prompt_token_ids if result else None,
-            prompt_tokens=result.usage.prompt_tokens if result else 0,
-            completion_tokens=result.usage.completion_tokens if result else 0,
-            latency_s=result.latency_s if result else time.time() - started_at,
-            error=error,
-        )
-        self.last_step[(episode_id, node)] = step_id
-        if result:
-            self.stats.completion_tokens += result.usage.completion_tokens
-        return RoleCall(role=role, node=node, result=result, parsed=parsed, errors=errors, error=error)
-
-    async def call_env(
-        self,
-        name: str,
-        *,
-        node: str,
-        episode_id: str,
-        request: dict[str, Any],
-        fn: Callable[[], Awaitable[T]],
-    ) -> T:
-        attempt = self._attempt(episode_id)
-        started_at = time.time()
-        try:
-            value = await fn()
-        except Exception as exc:
-            self.store.record_step(
-                episode_id=episode_id,
-                attempt=attempt,
-                kind="env",
-                node=node,
-                role=name,
-                started_at=started_at,
-                latency_s=time.time() - started_at,
-                error=f"{type(exc).__name__}: {exc}",
-                request=_jsonable(request),
-            )
-            raise
-        step_id = self.store.record_step(
-            episode_id=episode_id,
-            attempt=attempt,
-            kind="env",
-            node=node,
-            role=name,
-            started_at=started_at,
-            latency_s=time.time() - started_at,
-            request=_jsonable(request),
-            response=_jsonable(value),
-        )
-        self.last_step[(episode_id, node)] = step_id
-        return value
-
-    def reward(self, episode_id: str, node: str, rewards: dict[str, float] | list[dict[str, float]]) -> None:
-        """Attach rewards (one dict for all choices, or one per choice) to the node's last recorded step."""
-        step_id = self.last_step.get((episode_id, node))
-        if step_id is None:
-            raise RolegraphError(f"episode {episode_id}: node '{node}' has recorded no step to reward")
-        self.store.add_rewards(step_id, rewards)
 
 
 # --- summary ----------------------------------------------------------------------------------------------
@@ -258,6 +48,10 @@ class RunSummary:
     running: int
     usage: dict[str, dict[str, int]]
     reasons: dict[str, int]
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Failed episodes by failure kind."""
+    no_reward: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Finished episodes whose reward is None (the infrastructure could not compute it), by reward name."""
     elapsed_s: float = 0.0
     tokens_per_s: float = 0.0
 
@@ -283,6 +77,8 @@ class RunSummary:
             running=counts["running"],
             usage=store.usage_by_role(),
             reasons=store.rejection_reasons(),
+            failures=store.failures_by_kind(),
+            no_reward=store.missing_rewards(),
             elapsed_s=elapsed_s,
             tokens_per_s=tokens_per_s,
         )
@@ -304,6 +100,12 @@ class RunSummary:
         for role, u in self.usage.items():
             usage.add_row(role, str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]))
         console.print(usage)
+        if self.failures:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in self.failures.items())
+            console.print(f"failed episodes by kind: {kinds} (re-run the same --run-dir to retry them)")
+        if self.no_reward:
+            names = ", ".join(f"{name} {count}" for name, count in self.no_reward.items())
+            console.print(f"rewards the infrastructure could not compute (left out of training): {names}")
         if self.reasons:
             reasons = Table(title="rejection reasons", title_justify="left")
             reasons.add_column("reason")
@@ -318,10 +120,6 @@ class RunSummary:
 
 
 # --- running ----------------------------------------------------------------------------------------------
-def _checkpoint_ts(created_at: str | None) -> float | None:
-    return datetime.fromisoformat(created_at).timestamp() if created_at else None
-
-
 def bind_missing_roles(config: RolegraphConfig, roles: tuple[str, ...]) -> RolegraphConfig:
     """Bind roles the config does not name (e.g. a spec's new roles) to the first endpoint's base model."""
     missing = [r for r in roles if r not in config.roles]
@@ -349,23 +147,28 @@ class _Runner:
         self.store = store
         self.recursion_limit = recursion_limit
         self.endpoint_failures = 0
-        self.reasons: Counter[str] = Counter()
 
     async def _endpoint_failure(self, key: str) -> None:
         """Retry later: judging an episode whose calls never reached a model would be a false rejection."""
+        error = self.ctx.endpoint_errors[key]
         await self.compiled.checkpointer.adelete_thread(key)
-        self.store.fail_episode(key, f"endpoint error: {self.ctx.endpoint_errors[key]}")
+        self.store.fail_episode(key, f"endpoint error: {error.message}", error.kind.value)
         self.ctx.stats.failed += 1
         self.endpoint_failures += 1
         if (
             self.endpoint_failures >= ABORT_AFTER_ENDPOINT_FAILURES
             and self.ctx.stats.kept + self.ctx.stats.rejected == 0
         ):
-            raise EndpointError(
-                f"{self.endpoint_failures} episodes failed on endpoint errors: "
-                f"{self.ctx.endpoint_errors[key]}",
-                "check the endpoints with `rolegraph serve status`; re-run the same --run-dir to resume",
+            raise type(error)(
+                f"{self.endpoint_failures} episodes failed on endpoint errors: {error.message}",
+                "check the endpoints with `rolegraph endpoints status`; re-run the same --run-dir to resume",
             )
+
+    async def _completed_tasks(self, config: dict[str, Any]) -> set[str]:
+        """Ids of the episode's LangGraph tasks that completed (their writes are in the checkpoints)."""
+        history = [snapshot async for snapshot in self.compiled.aget_state_history(config)]
+        pending = {t.id for t in history[0].tasks if t.result is None} if history else set()
+        return {t.id for snapshot in history for t in snapshot.tasks} - pending
 
     async def episode(self, item: EpisodeInput) -> None:
         key = item.key
@@ -375,12 +178,12 @@ class _Runner:
         config: dict[str, Any] = {"configurable": {"thread_id": key}, "recursion_limit": self.recursion_limit}
         try:
             snapshot = await self.compiled.aget_state(config)
+            if attempt > 1:
+                completed = await self._completed_tasks(config) if snapshot.values else None
+                self.store.supersede_interrupted(key, attempt, completed)
             if attempt > 1 and snapshot.values:
-                self.store.supersede_interrupted(key, attempt, _checkpoint_ts(snapshot.created_at))
                 final = await self.compiled.ainvoke(None, config) if snapshot.next else snapshot.values
             else:
-                if attempt > 1:
-                    self.store.supersede_interrupted(key, attempt, None)
                 final = await self.compiled.ainvoke({**item.state, "episode_id": key}, config)
         except (ModelNotFoundError, asyncio.CancelledError):
             raise
@@ -389,7 +192,7 @@ class _Runner:
                 await self._endpoint_failure(key)
                 return
             message = exc.message if isinstance(exc, RolegraphError) else f"{type(exc).__name__}: {exc}"
-            self.store.fail_episode(key, message)
+            self.store.fail_episode(key, message, failure_kind(exc).value)
             self.ctx.stats.failed += 1
             return
         if key in self.ctx.endpoint_errors:
@@ -397,7 +200,12 @@ class _Runner:
             return
         result: Outcome = self.graph.outcome(dict(final))
         self.store.finish_episode(
-            key, dict(final), kept=result.kept, reason=result.reason, rewards=dict(result.rewards)
+            key,
+            dict(final),
+            kept=result.kept,
+            reason=result.reason,
+            rewards=dict(result.rewards),
+            metrics=dict(result.metrics),
         )
         if result.kept:
             self.ctx.stats.kept += 1
@@ -470,6 +278,7 @@ async def run_graph(
             config.model_dump(mode="json") if config is not None else {},
             params.seed,
             {"n": params.n, "options": params.options, "concurrency": concurrency},
+            [dataclasses.asdict(reward) for reward in graph.rewards],
         )
         async with AsyncExitStack() as stack:
             if config is not None:

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rolegraph.agents.role import Role
 from rolegraph.errors import ConfigError
-from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
+from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, Reward, RunParams
 from rolegraph.graphs.context import GraphContext
 
 START_NAME, END_NAME = "START", "END"
@@ -519,6 +519,7 @@ def compile_spec(path: Path | str) -> SpecGraphDef:
         inputs=lambda params: episode_inputs(spec, base, params),
         outcome=lambda state: outcome(spec, state),
         description=spec.description,
+        rewards=tuple(Reward(name, train=True) for name in spec.rewards),
         role_defs=role_defs,
         spec=spec,
         path=path,

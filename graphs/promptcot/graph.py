@@ -14,7 +14,7 @@ from langgraph.graph import END, START, StateGraph
 
 from rolegraph.agents.parsers import normalize_concept
 from rolegraph.errors import ConfigError
-from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
+from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, Reward, RunParams
 from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.promptcot import nodes
 from rolegraph.graphs.promptcot.concepts import prepare_concepts
@@ -94,17 +94,43 @@ def inputs(params: RunParams) -> list[EpisodeInput]:
     return episodes
 
 
+REWARDS = (
+    Reward(
+        "verdict",
+        weight=1.0,
+        train=True,
+        description="the judge's verdict on the problem: perfect 1, acceptable 0.5, bad 0; 0 when the "
+        "proposer wrote no parseable problem; None when the judge gave no verdict",
+    ),
+    Reward(
+        "majority",
+        weight=1.0,
+        train=True,
+        description="per solver attempt: 1 when its answer is the majority answer, else 0",
+    ),
+)
+
+
+def verdict_reward(final_state: dict[str, Any]) -> float | None:
+    """The proposer's reward: the judge's verdict, 0 for no usable problem, None when no verdict came."""
+    verdict = final_state.get("verdict")
+    if verdict in VERDICT_REWARD:
+        return VERDICT_REWARD[verdict]
+    if final_state.get("problem") is None:
+        return 0.0
+    return None
+
+
 def outcome(final_state: dict[str, Any]) -> Outcome:
     kept = bool(final_state.get("kept"))
-    rewards = {
+    metrics = {
         "agreement": float(final_state.get("agreement", 0.0)),
         "mean_reasoning_tokens": float(final_state.get("mean_reasoning_tokens", 0.0)),
     }
-    verdict = final_state.get("verdict")
-    if verdict in VERDICT_REWARD:
-        rewards["verdict"] = VERDICT_REWARD[verdict]
     reason = None if kept else (final_state.get("reject_reason") or "episode did not reach the decision")
-    return Outcome(kept=kept, reason=reason, rewards=rewards)
+    return Outcome(
+        kept=kept, reason=reason, rewards={"verdict": verdict_reward(final_state)}, metrics=metrics
+    )
 
 
 PROMPTCOT = GraphDef(
@@ -115,4 +141,6 @@ PROMPTCOT = GraphDef(
     outcome=outcome,
     prepare=prepare,
     description="PromptCoT 1.0 problem synthesis: concepts → rationale + problem → solver agreement → judge",
+    rewards=REWARDS,
+    options=PromptCotOptions,
 )

@@ -6,9 +6,11 @@ from typing import Any
 
 from rolegraph.agents.parsers import CRITERIA, split_proposal, verdict_from_criteria
 from rolegraph.agents.registry import get_role
-from rolegraph.environments.math_verify import majority_answer
-from rolegraph.graphs.context import GraphContext, RoleCall
+from rolegraph.environments.math_verify import answers_equivalent, majority_answer
+from rolegraph.errors import FailureKind
+from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.promptcot.state import PromptCotOptions, PromptCotState
+from rolegraph.store.records import Step
 
 
 def _options(state: PromptCotState) -> PromptCotOptions:
@@ -19,12 +21,12 @@ def _overrides(options: PromptCotOptions) -> dict[str, Any]:
     return {"max_tokens": options.max_tokens} if options.max_tokens else {}
 
 
-def _failure(role: str, call: RoleCall) -> str:
-    """A one-line reason for a call that gave nothing usable."""
+def _failure(role: str, call: Step) -> dict[str, Any]:
+    """The state update for a call that gave nothing usable: a one-line reason and its FailureKind."""
     if call.error:
-        return f"{role} call failed: {call.error}"
-    first_error = next((e for e in call.errors if e), "no choices returned")
-    return f"{role} output unparseable: {first_error}"
+        return {"failed": f"{role} call failed: {call.error}", "failed_kind": call.error_kind}
+    first_error = next((e for e in call.parse_errors if e), "no choices returned")
+    return {"failed": f"{role} output unparseable: {first_error}", "failed_kind": FailureKind.PARSE.value}
 
 
 async def propose(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
@@ -48,7 +50,7 @@ async def propose(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
         }
     rationale = split_proposal(get_role("proposer").prefill + call.texts[0])[0] if call.texts else ""
     if call.error or not options.recover_problem or not rationale:
-        return {"failed": _failure("proposer", call)}
+        return _failure("proposer", call)
     recovery = await ctx.call_role(
         "problem_writer",
         node="propose",
@@ -57,7 +59,7 @@ async def propose(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
         **_overrides(options),
     )
     if not recovery.ok or recovery.first is None:
-        return {"failed": _failure("problem_writer", recovery)}
+        return _failure("problem_writer", recovery)
     return {
         "rationale": rationale,
         "problem": recovery.first["problem"],
@@ -66,14 +68,12 @@ async def propose(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
     }
 
 
-def _reasoning_tokens(call: RoleCall) -> list[int]:
-    if call.result is None:
-        return []
-    counts = [len(c.token_ids) if c.token_ids is not None else None for c in call.result.choices]
+def _reasoning_tokens(call: Step) -> list[int]:
+    counts = [len(c.token_ids) if c.token_ids is not None else None for c in call.choices]
     if all(c is not None for c in counts):
         return [int(c or 0) for c in counts]
-    choices = max(len(call.result.choices), 1)
-    return [call.result.usage.completion_tokens // choices] * choices
+    choices = max(len(call.choices), 1)
+    return [call.completion_tokens // choices] * choices
 
 
 async def solve(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
@@ -88,7 +88,7 @@ async def solve(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
         **_overrides(options),
     )
     if call.error:
-        return {"failed": _failure("solver", call)}
+        return _failure("solver", call)
     answers: list[str | None] = [p["answer"] if p else None for p in call.parsed]
     answers += [None] * (options.k - len(answers))
 
@@ -98,6 +98,18 @@ async def solve(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
 
     agreement = await ctx.call_env(
         "math_verify", node="solve", episode_id=state["episode_id"], request={"answers": answers}, fn=vote
+    )
+    majority = agreement["majority_answer"]
+    ctx.add_rewards(
+        call,
+        [
+            {
+                "majority": float(
+                    majority is not None and answer is not None and answers_equivalent(answer, majority)
+                )
+            }
+            for answer in answers[: len(call.choices)]
+        ],
     )
     tokens = _reasoning_tokens(call)
     return {
@@ -125,7 +137,7 @@ async def judge(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
         **_overrides(options),
     )
     if not call.ok or call.first is None:
-        return {"verdict": None, "criteria": {}, "failed": _failure("judge", call)}
+        return {"verdict": None, "criteria": {}, **_failure("judge", call)}
     criteria = dict(call.first["criteria"])
     verdict = call.first["verdict"]
     if options.judge_rule != "promptcot" and all(name in criteria for name in CRITERIA):
@@ -136,7 +148,8 @@ async def judge(state: PromptCotState, ctx: GraphContext) -> dict[str, Any]:
 def decide_outcome(state: PromptCotState, options: PromptCotOptions) -> tuple[bool, str | None]:
     """Keep or reject by the configured rule; the reason names the first rule that failed."""
     failed = state.get("failed")
-    if failed and (state.get("problem") is None or options.require_parsed or "call failed" in failed):
+    parse_only = state.get("failed_kind") == FailureKind.PARSE.value
+    if failed and (state.get("problem") is None or options.require_parsed or not parse_only):
         return False, failed
     verdict = state.get("verdict")
     if verdict is not None and verdict not in options.accept_verdicts:

@@ -83,5 +83,7 @@ class PromptCotState(TypedDict, total=False):
     criteria: dict[str, str]
     failed: str | None
     """Why a step could not continue (unparseable output, failed call); routes straight to `decide`."""
+    failed_kind: str | None
+    """The FailureKind value of `failed` (parse for unparseable output, else the call's failure kind)."""
     kept: bool
     reject_reason: str | None

@@ -18,13 +18,16 @@ class Usage:
 
 @dataclass(frozen=True)
 class Choice:
-    """One sampled completion."""
+    """One sampled completion: what the client returns and, once parsed, what the store keeps."""
 
     text: str
     finish_reason: str | None = None
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     """Per-token log-probabilities of the completion, when requested."""
+    parsed: dict[str, Any] | None = None
+    """The role parser's fields (None until parsed, or when parsing failed)."""
+    parse_error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
 """The trajectory store: runs, episodes and steps in SQLite (WAL) inside a run directory, and its exports."""
 
 from rolegraph.store.db import STORE_FILE, Store
-from rolegraph.store.export import FORMATS, build_rows, export_run, write_rows
-from rolegraph.store.records import ChoiceRecord, EpisodeRecord, RunRecord, StepRecord, TrainingRunRecord
+from rolegraph.store.export import FORMATS, ExportReport, build_rows, export_run, write_rows
+from rolegraph.store.records import EpisodeRecord, Rewards, RunRecord, Step, TrainingRunRecord
 
 __all__ = [
     "FORMATS",
     "STORE_FILE",
-    "ChoiceRecord",
     "EpisodeRecord",
+    "ExportReport",
+    "Rewards",
     "RunRecord",
-    "StepRecord",
+    "Step",
     "Store",
     "TrainingRunRecord",
     "build_rows",

@@ -7,6 +7,7 @@ flagged `superseded` when its episode resumes, so readers skip it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -16,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from rolegraph.errors import RolegraphError
-from rolegraph.store.records import (
-    ChoiceRecord,
-    EpisodeRecord,
-    RunRecord,
-    StepRecord,
-    TrainingRunRecord,
-)
+from rolegraph.serving.types import Choice
+from rolegraph.store.records import EpisodeRecord, Rewards, RunRecord, Step, TrainingRunRecord
 
 STORE_FILE = "store.sqlite"
+
+_ADDED_COLUMNS = {
+    "runs": {"rewards": "TEXT NOT NULL DEFAULT '[]'"},
+    "episodes": {"metrics": "TEXT NOT NULL DEFAULT '{}'", "error_kind": "TEXT"},
+    "steps": {"error_kind": "TEXT", "checkpoint": "TEXT", "metrics": "TEXT NOT NULL DEFAULT '{}'"},
+}
+"""Columns newer than the first store format, added in place to stores written before them."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -33,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     seed INTEGER NOT NULL,
     params TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    rewards TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS episodes (
     id TEXT PRIMARY KEY,
@@ -46,7 +50,9 @@ CREATE TABLE IF NOT EXISTS episodes (
     rewards TEXT NOT NULL DEFAULT '{}',
     error TEXT,
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    error_kind TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,7 +75,10 @@ CREATE TABLE IF NOT EXISTS steps (
     request TEXT,
     response TEXT,
     started_at REAL NOT NULL,
-    superseded INTEGER NOT NULL DEFAULT 0
+    superseded INTEGER NOT NULL DEFAULT 0,
+    error_kind TEXT,
+    checkpoint TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS steps_by_episode ON steps(episode_id);
 CREATE INDEX IF NOT EXISTS steps_by_role ON steps(role);
@@ -77,7 +86,7 @@ CREATE TABLE IF NOT EXISTS step_rewards (
     step_id INTEGER NOT NULL REFERENCES steps(id),
     choice INTEGER NOT NULL,
     name TEXT NOT NULL,
-    value REAL NOT NULL,
+    value REAL,  -- NULL: the infrastructure could not compute it
     PRIMARY KEY (step_id, choice, name)
 );
 CREATE TABLE IF NOT EXISTS training_runs (
@@ -123,11 +132,19 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self._db.executescript(_SCHEMA)
+                self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise RolegraphError(
                 f"cannot open the store {self.path}: {exc}",
                 "check the file is a rolegraph store and not in use",
             ) from None
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # --- plumbing -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -155,8 +172,17 @@ class Store:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     # --- runs ---------------------------------------------------------------------------------------
-    def start_run(self, graph: str, config: dict[str, Any], seed: int, params: dict[str, Any]) -> RunRecord:
-        """Record the run on first use; on a re-run, check it is the same graph and return the stored run."""
+    def start_run(
+        self,
+        graph: str,
+        config: dict[str, Any],
+        seed: int,
+        params: dict[str, Any],
+        rewards: list[dict[str, Any]] | None = None,
+    ) -> RunRecord:
+        """Record the run on first use; on a re-run, check it is the same graph and return the stored run.
+
+        `rewards` are the graph's declared rewards (name, weight, train), which exports train on."""
         existing = self.run()
         if existing is not None:
             if existing.graph != graph:
@@ -167,8 +193,9 @@ class Store:
             return existing
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs (id, graph, config, seed, params, created_at) VALUES (1, ?, ?, ?, ?, ?)",
-                (graph, _dumps(config), seed, _dumps(params), time.time()),
+                "INSERT INTO runs (id, graph, config, seed, params, created_at, rewards)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (graph, _dumps(config), seed, _dumps(params), time.time(), _dumps(rewards or [])),
             )
         run = self.run()
         assert run is not None
@@ -176,12 +203,17 @@ class Store:
 
     def run(self) -> RunRecord | None:
         row = self._db.execute(
-            "SELECT graph, config, seed, params, created_at FROM runs WHERE id = 1"
+            "SELECT graph, config, seed, params, created_at, rewards FROM runs WHERE id = 1"
         ).fetchone()
         if row is None:
             return None
         return RunRecord(
-            graph=row[0], config=_loads(row[1]), seed=row[2], params=_loads(row[3]), created_at=row[4]
+            graph=row[0],
+            config=_loads(row[1]),
+            seed=row[2],
+            params=_loads(row[3]),
+            created_at=row[4],
+            rewards=_loads(row[5]) or [],
         )
 
     # --- episodes -----------------------------------------------------------------------------------
@@ -212,21 +244,31 @@ class Store:
         *,
         kept: bool,
         reason: str | None = None,
-        rewards: dict[str, float] | None = None,
+        rewards: Rewards | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE episodes SET status = 'finished', final_state = ?, kept = ?, reason = ?, rewards = ?,"
-                " error = NULL, finished_at = ? WHERE id = ?",
-                (_dumps(final_state), int(kept), reason, _dumps(rewards or {}), time.time(), episode_id),
+                " metrics = ?, error = NULL, error_kind = NULL, finished_at = ? WHERE id = ?",
+                (
+                    _dumps(final_state),
+                    int(kept),
+                    reason,
+                    _dumps(rewards or {}),
+                    _dumps(metrics or {}),
+                    time.time(),
+                    episode_id,
+                ),
             )
 
-    def fail_episode(self, episode_id: str, error: str) -> None:
-        """Mark an episode failed; a re-run of the run directory retries it."""
+    def fail_episode(self, episode_id: str, error: str, kind: str | None = None) -> None:
+        """Mark an episode failed (`kind` a FailureKind value); a re-run of the run directory retries it."""
         with self._tx() as db:
             db.execute(
-                "UPDATE episodes SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                (error, time.time(), episode_id),
+                "UPDATE episodes SET status = 'failed', error = ?, error_kind = ?, finished_at = ?"
+                " WHERE id = ?",
+                (error, kind, time.time(), episode_id),
             )
 
     def finished_ids(self) -> set[str]:
@@ -236,7 +278,7 @@ class Store:
     def episodes(self, status: str | None = None, kept: bool | None = None) -> list[EpisodeRecord]:
         sql = (
             "SELECT id, status, attempts, input, final_state, kept, reason, rewards, error, started_at,"
-            " finished_at FROM episodes"
+            " finished_at, metrics, error_kind FROM episodes"
         )
         where: list[str] = []
         args: list[Any] = []
@@ -254,7 +296,7 @@ class Store:
     def episode(self, episode_id: str) -> EpisodeRecord | None:
         rows = self._db.execute(
             "SELECT id, status, attempts, input, final_state, kept, reason, rewards, error, started_at,"
-            " finished_at FROM episodes WHERE id = ?",
+            " finished_at, metrics, error_kind FROM episodes WHERE id = ?",
             (episode_id,),
         ).fetchall()
         return self._episode(rows[0]) if rows else None
@@ -273,65 +315,48 @@ class Store:
             error=row[8],
             started_at=row[9],
             finished_at=row[10],
+            metrics=_loads(row[11]) or {},
+            error_kind=row[12],
         )
 
     # --- steps --------------------------------------------------------------------------------------
-    def record_step(
-        self,
-        *,
-        episode_id: str,
-        attempt: int,
-        kind: str,
-        node: str,
-        role: str,
-        started_at: float,
-        endpoint: str | None = None,
-        model: str | None = None,
-        sampling: dict[str, Any] | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        choices: list[ChoiceRecord] | None = None,
-        prompt_token_ids: list[int] | None = None,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        latency_s: float = 0.0,
-        error: str | None = None,
-        request: Any = None,
-        response: Any = None,
-    ) -> int:
-        """Append one step and commit; returns its id."""
-        choice_rows = [c.__dict__ for c in choices or []]
+    def record_step(self, step: Step) -> Step:
+        """Append one step and commit; returns it with its id."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO steps (episode_id, attempt, kind, node, role, endpoint, model, sampling,"
                 " messages, choices, prompt_token_ids, prompt_tokens, completion_tokens, latency_s, error,"
-                " request, response, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " error_kind, request, response, started_at, checkpoint, metrics)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    episode_id,
-                    attempt,
-                    kind,
-                    node,
-                    role,
-                    endpoint,
-                    model,
-                    _dumps(sampling or {}),
-                    _dumps(messages or []),
-                    _dumps(choice_rows),
-                    None if prompt_token_ids is None else _dumps(prompt_token_ids),
-                    prompt_tokens,
-                    completion_tokens,
-                    latency_s,
-                    error,
-                    None if request is None else _dumps(request),
-                    None if response is None else _dumps(response),
-                    started_at,
+                    step.episode_id,
+                    step.attempt,
+                    step.kind,
+                    step.node,
+                    step.role,
+                    step.endpoint,
+                    step.model,
+                    _dumps(step.sampling),
+                    _dumps(step.messages),
+                    _dumps([dataclasses.asdict(c) for c in step.choices]),
+                    None if step.prompt_token_ids is None else _dumps(step.prompt_token_ids),
+                    step.prompt_tokens,
+                    step.completion_tokens,
+                    step.latency_s,
+                    step.error,
+                    step.error_kind,
+                    None if step.request is None else _dumps(step.request),
+                    None if step.response is None else _dumps(step.response),
+                    step.started_at,
+                    step.checkpoint,
+                    _dumps(step.metrics),
                 ),
             )
             step_id = cur.lastrowid
         assert step_id is not None
-        return step_id
+        return dataclasses.replace(step, id=step_id)
 
-    def add_rewards(self, step_id: int, rewards: dict[str, float] | list[dict[str, float]]) -> None:
+    def add_rewards(self, step_id: int, rewards: Rewards | list[Rewards]) -> None:
         """Attach rewards to a step: one dict for every choice, or a list with one dict per choice."""
         if isinstance(rewards, dict):
             n = self._db.execute(
@@ -348,17 +373,23 @@ class Store:
                     db.execute(
                         "INSERT OR REPLACE INTO step_rewards (step_id, choice, name, value)"
                         " VALUES (?, ?, ?, ?)",
-                        (step_id, index, name, float(value)),
+                        (step_id, index, name, None if value is None else float(value)),
                     )
 
-    def supersede_interrupted(self, episode_id: str, attempt: int, checkpoint_ts: float | None) -> int:
-        """Flag earlier attempts' steps started after the last checkpoint (their node never completed)."""
+    def supersede_interrupted(self, episode_id: str, attempt: int, completed: set[str] | None) -> int:
+        """Flag earlier attempts' steps whose graph task never completed, so readers skip them.
+
+        `completed` holds the ids of the episode's completed LangGraph tasks (from its checkpoints); None
+        means the episode restarts from scratch, so every earlier attempt's step is superseded.
+        """
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE steps SET superseded = 1 WHERE episode_id = ? AND attempt < ? AND started_at >= ?",
-                (episode_id, attempt, checkpoint_ts if checkpoint_ts is not None else 0.0),
-            )
-            return cur.rowcount
+            rows = db.execute(
+                "SELECT id, checkpoint FROM steps WHERE episode_id = ? AND attempt < ? AND superseded = 0",
+                (episode_id, attempt),
+            ).fetchall()
+            doomed = [(i,) for i, task in rows if completed is None or task not in completed]
+            db.executemany("UPDATE steps SET superseded = 1 WHERE id = ?", doomed)
+            return len(doomed)
 
     def steps(
         self,
@@ -369,12 +400,12 @@ class Store:
         kept_only: bool = False,
         finished_only: bool = False,
         include_superseded: bool = False,
-    ) -> list[StepRecord]:
+    ) -> list[Step]:
         """Steps in the order they were recorded, filtered as asked."""
         sql = (
             "SELECT s.id, s.episode_id, s.attempt, s.kind, s.node, s.role, s.endpoint, s.model, s.sampling,"
             " s.messages, s.choices, s.prompt_token_ids, s.prompt_tokens, s.completion_tokens, s.latency_s,"
-            " s.error, s.request, s.response, s.started_at"
+            " s.error, s.request, s.response, s.started_at, s.error_kind, s.checkpoint, s.metrics"
             " FROM steps s LEFT JOIN episodes e ON e.id = s.episode_id"
         )
         where: list[str] = []
@@ -401,8 +432,8 @@ class Store:
         rewards = self._rewards([row[0] for row in rows])
         return [self._step(row, rewards.get(row[0], {})) for row in rows]
 
-    def _rewards(self, step_ids: list[int]) -> dict[int, dict[int, dict[str, float]]]:
-        out: dict[int, dict[int, dict[str, float]]] = {}
+    def _rewards(self, step_ids: list[int]) -> dict[int, dict[int, Rewards]]:
+        out: dict[int, dict[int, Rewards]] = {}
         if not step_ids:
             return out
         for chunk_start in range(0, len(step_ids), 500):
@@ -415,10 +446,10 @@ class Store:
         return out
 
     @staticmethod
-    def _step(row: Sequence[Any], rewards: dict[int, dict[str, float]]) -> StepRecord:
-        choices = [ChoiceRecord(**c) for c in _loads(row[10]) or []]
+    def _step(row: Sequence[Any], rewards: dict[int, Rewards]) -> Step:
+        choices = [Choice(**c) for c in _loads(row[10]) or []]
         per_choice = [rewards.get(i, {}) for i in range(len(choices))] if rewards else []
-        return StepRecord(
+        return Step(
             id=row[0],
             episode_id=row[1],
             attempt=row[2],
@@ -438,6 +469,9 @@ class Store:
             request=_loads(row[16]),
             response=_loads(row[17]),
             started_at=row[18],
+            error_kind=row[19],
+            checkpoint=row[20],
+            metrics=_loads(row[21]) or {},
             rewards=per_choice,
         )
 
@@ -461,6 +495,29 @@ class Store:
             if status == "finished":
                 out["kept" if kept else "rejected"] += count
         return out
+
+    def failures_by_kind(self) -> dict[str, int]:
+        """Failed episodes by failure kind (a FailureKind value; 'other' when none was recorded)."""
+        rows = self._db.execute(
+            "SELECT COALESCE(error_kind, 'other'), COUNT(*) FROM episodes WHERE status = 'failed'"
+            " GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def missing_rewards(self) -> dict[str, int]:
+        """Finished episodes per reward name whose value is None (the infrastructure could not compute it),
+        plus step rewards that are None, by name."""
+        counts: dict[str, int] = {}
+        for (text,) in self._db.execute("SELECT rewards FROM episodes WHERE status = 'finished'"):
+            for name, value in (_loads(text) or {}).items():
+                if value is None:
+                    counts[name] = counts.get(name, 0) + 1
+        for name, count in self._db.execute(
+            "SELECT r.name, COUNT(*) FROM step_rewards r JOIN steps s ON s.id = r.step_id"
+            " WHERE r.value IS NULL AND s.superseded = 0 GROUP BY r.name"
+        ):
+            counts[name] = counts.get(name, 0) + count
+        return counts
 
     def rejection_reasons(self) -> dict[str, int]:
         rows = self._db.execute(

@@ -2,13 +2,18 @@
 
 Free-form fields (sampling, parsed output, rewards, environment requests) are JSON strings so every row has
 the same schema in both JSONL and Parquet. Files are written to a temporary name and renamed into place.
+
+The sft, dpo and grpo formats train on the run's declared training reward (`rolegraph.store.rewards`): DPO
+pairs are ranked by it, GRPO rows carry it as `reward`, and SFT keeps only choices that have one. A choice
+whose training reward is None (the infrastructure could not compute it) is left out and counted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,10 +22,19 @@ import pyarrow.parquet as pq
 
 from rolegraph.errors import RolegraphError
 from rolegraph.store.db import Store
-from rolegraph.store.records import EpisodeRecord, StepRecord
+from rolegraph.store.records import EpisodeRecord, Step
+from rolegraph.store.rewards import choice_rewards, step_training_reward
 
 ExportFormat = Literal["raw", "sft", "dpo", "grpo"]
 FORMATS: tuple[str, ...] = ("raw", "sft", "dpo", "grpo")
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote, and how many choices it left out because their training reward was None."""
+
+    rows: int
+    no_reward: int = 0
 
 
 def export_run(
@@ -30,8 +44,8 @@ def export_run(
     fmt: str = "raw",
     role: str | None = None,
     kept_only: bool = False,
-) -> int:
-    """Write one export of the run in `run_dir` to `out` (.jsonl or .parquet); returns the row count."""
+) -> ExportReport:
+    """Write one export of the run in `run_dir` to `out` (.jsonl or .parquet)."""
     if fmt not in FORMATS:
         raise RolegraphError(f"unknown export format '{fmt}'", f"use one of: {', '.join(FORMATS)}")
     out = Path(out)
@@ -41,37 +55,64 @@ def export_run(
             f"cannot tell the file type of {out}", "name the output FILE.jsonl or FILE.parquet"
         )
     with Store(run_dir, create=False) as store:
-        rows = build_rows(store, fmt=fmt, role=role, kept_only=kept_only)
+        rows, no_reward = _rows_and_misses(store, fmt=fmt, role=role, kept_only=kept_only)
     if not rows:
         what = f" of role '{role}'" if role else ""
         kept = " in kept episodes" if kept_only else ""
         usable = (
-            "no two completions of one prompt with different rewards" if fmt == "dpo" else "no usable steps"
+            "no two completions of one prompt with different training rewards"
+            if fmt == "dpo"
+            else "no usable steps"
         )
         raise RolegraphError(
             f"no {fmt} rows to export from {run_dir}: {usable}{what}{kept}",
             "check `rolegraph runs show RUN_DIR` for roles and kept episodes, or drop --role/--kept-only",
         )
     write_rows(rows, out)
-    return len(rows)
+    return ExportReport(rows=len(rows), no_reward=no_reward)
 
 
 def build_rows(
     store: Store, *, fmt: str = "raw", role: str | None = None, kept_only: bool = False
 ) -> list[dict[str, Any]]:
     """The rows of one export format, without writing them."""
+    return _rows_and_misses(store, fmt=fmt, role=role, kept_only=kept_only)[0]
+
+
+def _rows_and_misses(
+    store: Store, *, fmt: str, role: str | None, kept_only: bool
+) -> tuple[list[dict[str, Any]], int]:
     episodes = {e.id: e for e in store.episodes()}
     if fmt == "raw":
         steps = store.steps(role=role, kept_only=kept_only)
-        return [_raw_row(s, episodes.get(s.episode_id)) for s in steps]
+        return [_raw_row(s, episodes.get(s.episode_id)) for s in steps], 0
+    run = store.run()
+    scorer = _Scorer(episodes, run.rewards if run else [])
     steps = [
         s for s in store.steps(role=role, kind="role", kept_only=kept_only, finished_only=True) if not s.error
     ]
     if fmt == "sft":
-        return _sft_rows(steps)
-    if fmt == "dpo":
-        return _dpo_rows(steps, episodes)
-    return _grpo_rows(steps, episodes)
+        rows = _sft_rows(steps, scorer)
+    elif fmt == "dpo":
+        rows = _dpo_rows(steps, scorer)
+    else:
+        rows = _grpo_rows(steps, scorer)
+    return rows, scorer.misses
+
+
+class _Scorer:
+    """Training rewards of choices, counting those that are None."""
+
+    def __init__(self, episodes: Mapping[str, EpisodeRecord], declared: Sequence[Mapping[str, Any]]) -> None:
+        self.episodes = episodes
+        self.declared = declared
+        self.misses = 0
+
+    def __call__(self, step: Step, index: int) -> float | None:
+        value = step_training_reward(step, index, self.episodes.get(step.episode_id), self.declared)
+        if value is None:
+            self.misses += 1
+        return value
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
@@ -94,11 +135,11 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 # --- formats --------------------------------------------------------------------------------------------
-def _messages(step: StepRecord) -> list[dict[str, str]]:
+def _messages(step: Step) -> list[dict[str, str]]:
     return [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in step.messages]
 
 
-def _prompt_and_prefix(step: StepRecord) -> tuple[list[dict[str, str]], str]:
+def _prompt_and_prefix(step: Step) -> tuple[list[dict[str, str]], str]:
     """Split off a prefilled assistant message: roles may start the answer (e.g. `## Rationale`) and the
     model continues it, so for training the prefix belongs to the completion, not the prompt."""
     messages = _messages(step)
@@ -107,7 +148,7 @@ def _prompt_and_prefix(step: StepRecord) -> tuple[list[dict[str, str]], str]:
     return messages, ""
 
 
-def _raw_row(step: StepRecord, episode: EpisodeRecord | None) -> dict[str, Any]:
+def _raw_row(step: Step, episode: EpisodeRecord | None) -> dict[str, Any]:
     return {
         "step_id": step.id,
         "episode_id": step.episode_id,
@@ -131,6 +172,8 @@ def _raw_row(step: StepRecord, episode: EpisodeRecord | None) -> dict[str, Any]:
         "latency_s": step.latency_s,
         "error": step.error,
         "rewards": json.dumps(step.rewards),
+        "metrics": json.dumps(step.metrics),
+        "error_kind": step.error_kind,
         "request": json.dumps(step.request),
         "response": json.dumps(step.response, default=str),
         "started_at": step.started_at,
@@ -138,41 +181,25 @@ def _raw_row(step: StepRecord, episode: EpisodeRecord | None) -> dict[str, Any]:
     }
 
 
-def _good_choices(step: StepRecord) -> Iterable[tuple[int, str]]:
+def _good_choices(step: Step) -> Iterable[tuple[int, str]]:
     """Choices that parsed (the others are not worth training on)."""
     for index, choice in enumerate(step.choices):
         if choice.parse_error is None and choice.text.strip():
             yield index, choice.text
 
 
-def _sft_rows(steps: list[StepRecord]) -> list[dict[str, Any]]:
+def _sft_rows(steps: list[Step], scorer: _Scorer) -> list[dict[str, Any]]:
     rows = []
     for step in steps:
         prompt, prefix = _prompt_and_prefix(step)
-        for _, text in _good_choices(step):
+        for index, text in _good_choices(step):
+            if scorer(step, index) is None:
+                continue
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": prefix + text}]})
     return rows
 
 
-def choice_reward(step: StepRecord, index: int, episode: EpisodeRecord | None) -> dict[str, float]:
-    """A choice's rewards: those recorded on the step, else its episode's outcome rewards."""
-    if step.rewards and index < len(step.rewards) and step.rewards[index]:
-        return step.rewards[index]
-    if episode is not None and episode.rewards:
-        return episode.rewards
-    if episode is not None and episode.kept is not None:
-        return {"kept": 1.0 if episode.kept else 0.0}
-    return {}
-
-
-def scalar_reward(rewards: dict[str, float]) -> float:
-    """The value DPO ranks by: the `reward` entry when there is one, else the sum of all entries."""
-    if "reward" in rewards:
-        return float(rewards["reward"])
-    return float(sum(rewards.values()))
-
-
-def _dpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> list[dict[str, Any]]:
+def _dpo_rows(steps: list[Step], scorer: _Scorer) -> list[dict[str, Any]]:
     """Pairs of completions of the same prompt: the best against the worst, then the next best and worst."""
     groups: dict[str, list[tuple[float, str]]] = {}
     prompts: dict[str, list[dict[str, str]]] = {}
@@ -181,8 +208,9 @@ def _dpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> li
         key = json.dumps(messages, sort_keys=True)
         prompts[key] = messages
         for index, text in _good_choices(step):
-            reward = scalar_reward(choice_reward(step, index, episodes.get(step.episode_id)))
-            groups.setdefault(key, []).append((reward, prefix + text))
+            reward = scorer(step, index)
+            if reward is not None:
+                groups.setdefault(key, []).append((reward, prefix + text))
     rows: list[dict[str, Any]] = []
     for key, candidates in groups.items():
         ranked = sorted(candidates, key=lambda c: -c[0])
@@ -202,13 +230,13 @@ def _dpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> li
     return rows
 
 
-def _grpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> list[dict[str, Any]]:
-    """One row per distinct prompt with its mean rewards (`reward` plus one `reward_<name>` per name)."""
+def _grpo_rows(steps: list[Step], scorer: _Scorer) -> list[dict[str, Any]]:
+    """One row per distinct prompt: the mean training reward (`reward`) and one `reward_<name>` per name."""
     grouped: dict[str, dict[str, Any]] = {}
     for step in steps:
         messages = _messages(step)
         key = json.dumps(messages, sort_keys=True)
-        episode = episodes.get(step.episode_id)
+        episode = scorer.episodes.get(step.episode_id)
         entry = grouped.setdefault(
             key,
             {
@@ -216,19 +244,21 @@ def _grpo_rows(steps: list[StepRecord], episodes: dict[str, EpisodeRecord]) -> l
                 "role": step.role,
                 "episode_id": step.episode_id,
                 "input": json.dumps(episode.input if episode else {}, default=str),
-                "_rewards": [],
+                "_train": [],
+                "_named": [],
             },
         )
         for index in range(max(len(step.choices), 1)):
-            entry["_rewards"].append(choice_reward(step, index, episode))
-    names = sorted({name for e in grouped.values() for r in e["_rewards"] for name in r})
+            entry["_train"].append(scorer(step, index))
+            entry["_named"].append(choice_rewards(step, index, episode))
+    names = sorted({name for e in grouped.values() for r in e["_named"] for name in r})
     rows = []
     for entry in grouped.values():
-        rewards: list[dict[str, float]] = entry.pop("_rewards")
-        scalars = [scalar_reward(r) for r in rewards if r]
-        entry["reward"] = sum(scalars) / len(scalars) if scalars else None
+        train = [v for v in entry.pop("_train") if v is not None]
+        named: list[dict[str, float | None]] = entry.pop("_named")
+        entry["reward"] = sum(train) / len(train) if train else None
         for name in names:
-            values = [r[name] for r in rewards if name in r]
+            values = [v for r in named if (v := r.get(name)) is not None]
             entry[f"reward_{name}"] = sum(values) / len(values) if values else None
         rows.append(entry)
     return rows

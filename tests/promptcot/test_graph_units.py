@@ -12,12 +12,12 @@ import pytest
 from rolegraph.agents.registry import get_role
 from rolegraph.errors import ConfigError, ParseError
 from rolegraph.graphs.base import RunParams
-from rolegraph.graphs.context import RoleCall
 from rolegraph.graphs.promptcot import nodes
 from rolegraph.graphs.promptcot.concepts import build_pool, load_seed_problems, resolve_seeds
 from rolegraph.graphs.promptcot.graph import PROMPTCOT
 from rolegraph.graphs.promptcot.state import PromptCotOptions, PromptCotState
-from rolegraph.serving.types import CallResult, Choice, Usage
+from rolegraph.serving.types import Choice
+from rolegraph.store.records import Rewards, Step
 
 
 class FakeContext:
@@ -26,30 +26,47 @@ class FakeContext:
     def __init__(self, replies: dict[str, list[str]]) -> None:
         self.replies = replies
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self.rewards: dict[str, Rewards | list[Rewards]] = {}
+        """node → the rewards added to its step."""
 
     async def call_role(
-        self, role: str, *, node: str, episode_id: str, variables: dict[str, Any], **sampling: Any
-    ) -> RoleCall:
+        self,
+        role: str,
+        *,
+        node: str,
+        episode_id: str,
+        variables: dict[str, Any],
+        prompt: Any = None,
+        **sampling: Any,
+    ) -> Step:
         self.calls.append((role, variables, sampling))
         spec = get_role(role)
         spec.render(variables)
         texts = self.replies[role][: sampling.get("n", 1)]
-        parsed: list[dict[str, Any] | None] = []
-        errors: list[str | None] = []
-        for text in texts:
+        choices = []
+        for i, text in enumerate(texts):
             try:
-                parsed.append(spec.parse(text))
-                errors.append(None)
+                fields, error = spec.parse(text), None
             except ParseError as exc:
-                parsed.append(None)
-                errors.append(exc.message)
-        result = CallResult(
-            choices=[Choice(text=t, token_ids=list(range(10 * (i + 1)))) for i, t in enumerate(texts)],
+                fields, error = None, exc.message
+            choices.append(
+                Choice(text=text, token_ids=list(range(10 * (i + 1))), parsed=fields, parse_error=error)
+            )
+        return Step(
+            id=len(self.calls),
+            episode_id=episode_id,
+            attempt=1,
+            kind="role",
+            node=node,
+            role=role,
             model="fake",
-            endpoint="fake",
-            usage=Usage(5, 30),
+            choices=choices,
+            prompt_tokens=5,
+            completion_tokens=30,
         )
-        return RoleCall(role=role, node=node, result=result, parsed=parsed, errors=errors)
+
+    def add_rewards(self, step: Step, rewards: Rewards | list[Rewards]) -> None:
+        self.rewards[step.node] = rewards
 
     async def call_env(
         self,
@@ -103,6 +120,7 @@ async def test_kept_episode() -> None:
     assert state["verdict"] == "perfect"
     assert [c[0] for c in ctx.calls] == ["proposer", "solver", "math_verify", "judge"]
     assert ctx.calls[1][2]["n"] == 2
+    assert ctx.rewards["solve"] == [{"majority": 1.0}, {"majority": 1.0}]
 
 
 async def test_problem_recovered_by_problem_writer() -> None:
@@ -157,12 +175,30 @@ def test_options_from_strings_and_errors() -> None:
         PromptCotOptions.parse({"accept_verdicts": "great"})
 
 
-def test_outcome_reports_reason_and_rewards() -> None:
-    rejected = PROMPTCOT.outcome({"kept": False, "reject_reason": "judge verdict bad", "agreement": 0.5})
-    assert rejected.reason == "judge verdict bad" and rejected.rewards["agreement"] == 0.5
-    kept = PROMPTCOT.outcome({"kept": True, "verdict": "perfect", "agreement": 1.0})
-    assert kept.kept and kept.reason is None and kept.rewards["verdict"] == 1.0
+def test_outcome_reports_reason_rewards_and_metrics() -> None:
+    rejected = PROMPTCOT.outcome(
+        {
+            "kept": False,
+            "reject_reason": "judge verdict bad",
+            "agreement": 0.5,
+            "problem": "P",
+            "verdict": "bad",
+        }
+    )
+    assert rejected.reason == "judge verdict bad" and rejected.metrics["agreement"] == 0.5
+    assert rejected.rewards == {"verdict": 0.0}
+    kept = PROMPTCOT.outcome(
+        {"kept": True, "verdict": "perfect", "agreement": 1.0, "mean_reasoning_tokens": 300}
+    )
+    assert kept.kept and kept.reason is None and kept.rewards == {"verdict": 1.0}
+    # token counts and agreement are metrics, never rewards a trainer ranks by
+    assert kept.metrics == {"agreement": 1.0, "mean_reasoning_tokens": 300.0}
     assert PROMPTCOT.outcome({}).reason == "episode did not reach the decision"
+    # no parseable problem: the proposer earned a 0; a problem the judge gave no verdict on: None
+    assert PROMPTCOT.outcome({"failed": "proposer output unparseable"}).rewards == {"verdict": 0.0}
+    assert PROMPTCOT.outcome({"problem": "P", "failed": "judge call failed"}).rewards == {"verdict": None}
+    declared = {r.name: r for r in PROMPTCOT.rewards}
+    assert declared["verdict"].train and declared["majority"].train
 
 
 def test_inputs_are_deterministic_with_stable_keys() -> None:

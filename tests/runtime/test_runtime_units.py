@@ -114,6 +114,8 @@ async def test_endpoint_down_stops_the_run_and_a_rerun_completes_it(tmp_path: Pa
     with Store(tmp_path) as store:
         assert {e.status for e in store.episodes()} <= {"failed", "running"}  # nothing judged
         assert store.counts()["failed"] == 3
+        assert store.failures_by_kind() == {"endpoint_down": 3}
+        assert {s.error_kind for s in store.steps(include_superseded=True)} == {"endpoint_down"}
     summary = await run_graph(
         graph,
         FakePool({"solver": _solver, "critic": lambda m, s: ["ACCEPT"]}),

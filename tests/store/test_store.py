@@ -9,7 +9,8 @@ import pytest
 from datasets import load_dataset
 
 from rolegraph.errors import RolegraphError
-from rolegraph.store import ChoiceRecord, Store, export_run
+from rolegraph.serving.types import Choice
+from rolegraph.store import Step, Store, export_run
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"}]
 
@@ -17,40 +18,48 @@ PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content"
 def _fill(run_dir: Path) -> None:
     """Two finished episodes (one kept), each with a 3-choice solver step; rewards on episode a's choices."""
     with Store(run_dir) as store:
-        store.start_run("toy", {"endpoints": {}}, seed=7, params={"n": 2})
+        store.start_run(
+            "toy", {"endpoints": {}}, seed=7, params={"n": 2}, rewards=[{"name": "correct", "train": True}]
+        )
         for episode, kept in (("a", True), ("b", False)):
             store.begin_episode(episode, {"problem": "2+3"})
             step = store.record_step(
-                episode_id=episode,
-                attempt=1,
-                kind="role",
-                node="solve",
-                role="solver",
-                started_at=1.0,
-                endpoint="local",
-                model="smollm2-135m-instruct",
-                sampling={"n": 3, "temperature": 0.7},
-                messages=PROMPT,
-                choices=[
-                    ChoiceRecord(text="\\boxed{5}", token_ids=[1, 2], parsed={"answer": "5"}),
-                    ChoiceRecord(text="\\boxed{6}", token_ids=[3], parsed={"answer": "6"}),
-                    ChoiceRecord(text="no idea", parse_error="no boxed answer"),
-                ],
-                prompt_tokens=12,
-                completion_tokens=9,
-                latency_s=0.5,
+                Step(
+                    id=0,
+                    episode_id=episode,
+                    attempt=1,
+                    kind="role",
+                    node="solve",
+                    role="solver",
+                    started_at=1.0,
+                    endpoint="local",
+                    model="smollm2-135m-instruct",
+                    sampling={"n": 3, "temperature": 0.7},
+                    messages=PROMPT,
+                    choices=[
+                        Choice(text="\\boxed{5}", token_ids=[1, 2], parsed={"answer": "5"}),
+                        Choice(text="\\boxed{6}", token_ids=[3], parsed={"answer": "6"}),
+                        Choice(text="no idea", parse_error="no boxed answer"),
+                    ],
+                    prompt_tokens=12,
+                    completion_tokens=9,
+                    latency_s=0.5,
+                )
             )
             if episode == "a":
-                store.add_rewards(step, [{"correct": 1.0}, {"correct": 0.0}, {"correct": 0.0}])
+                store.add_rewards(step.id, [{"correct": 1.0}, {"correct": 0.0}, {"correct": 0.0}])
             store.record_step(
-                episode_id=episode,
-                attempt=1,
-                kind="env",
-                node="verify",
-                role="math_verify",
-                started_at=2.0,
-                request={"answer": "5"},
-                response={"ok": True},
+                Step(
+                    id=0,
+                    episode_id=episode,
+                    attempt=1,
+                    kind="env",
+                    node="verify",
+                    role="math_verify",
+                    started_at=2.0,
+                    request={"answer": "5"},
+                    response={"ok": True},
+                )
             )
             store.finish_episode(
                 episode,
@@ -58,6 +67,7 @@ def _fill(run_dir: Path) -> None:
                 kept=kept,
                 reason=None if kept else "wrong",
                 rewards={"correct": float(kept)},
+                metrics={"tokens": 900.0},
             )
 
 
@@ -112,9 +122,9 @@ def test_exports_load_in_datasets(tmp_path: Path, suffix: str) -> None:
 
     def load(fmt: str, **kwargs: object) -> list[dict]:
         out = tmp_path / f"{fmt}.{suffix}"
-        count = export_run(tmp_path, out, fmt=fmt, **kwargs)  # type: ignore[arg-type]
+        report = export_run(tmp_path, out, fmt=fmt, **kwargs)  # type: ignore[arg-type]
         rows = list(load_dataset(loader, data_files=str(out), split="train"))
-        assert len(rows) == count
+        assert len(rows) == report.rows and report.no_reward == 0
         return rows
 
     raw = load("raw")
@@ -157,19 +167,84 @@ def test_prefilled_assistant_text_moves_from_prompt_to_completion(tmp_path: Path
         store.start_run("toy", {"endpoints": {}}, seed=0, params={"n": 1})
         store.begin_episode("a", {})
         step = store.record_step(
-            episode_id="a",
-            attempt=1,
-            kind="role",
-            node="propose",
-            role="proposer",
-            started_at=1.0,
-            messages=prefill,
-            choices=[ChoiceRecord(text="think\n## Problem\nX", parsed={"problem": "X"})],
+            Step(
+                id=0,
+                episode_id="a",
+                attempt=1,
+                kind="role",
+                node="propose",
+                role="proposer",
+                started_at=1.0,
+                messages=prefill,
+                choices=[Choice(text="think\n## Problem\nX", parsed={"problem": "X"})],
+            )
         )
-        store.add_rewards(step, [{"reward": 1.0}])
+        store.add_rewards(step.id, [{"reward": 1.0}])
         store.finish_episode("a", {}, kept=True)
     out = tmp_path / "sft.jsonl"
     export_run(tmp_path, out, fmt="sft")
     row = load_dataset("json", data_files=str(out), split="train")[0]
     assert row["prompt"] == PROMPT
     assert row["completion"] == [{"role": "assistant", "content": "## Rationale\nthink\n## Problem\nX"}]
+
+
+def _step(episode: str, choices: list[str], **fields: object) -> Step:
+    return Step(
+        id=0,
+        episode_id=episode,
+        attempt=1,
+        kind="role",
+        node="solve",
+        role="solver",
+        messages=PROMPT,
+        choices=[Choice(text=t, parsed={"answer": t}) for t in choices],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_exports_train_on_the_declared_reward_and_count_none(tmp_path: Path) -> None:
+    """Only `train` rewards rank DPO pairs (a large undeclared number does not), and a None reward is left
+    out of training and counted, never read as 0."""
+    declared = [{"name": "correct", "weight": 2.0, "train": True}, {"name": "length", "train": False}]
+    with Store(tmp_path) as store:
+        store.start_run("toy", {}, seed=0, params={}, rewards=declared)
+        store.begin_episode("a", {})
+        step = store.record_step(_step("a", ["A", "B", "C", "D"]))
+        store.add_rewards(
+            step.id,
+            [
+                {"correct": 0.0, "length": 900.0},
+                {"correct": 1.0, "length": 10.0},
+                {"correct": None, "length": 500.0},
+                {"correct": 0.5, "length": 5.0},
+            ],
+        )
+        store.finish_episode("a", {}, kept=True)
+        assert store.missing_rewards() == {"correct": 1}
+    out = tmp_path / "dpo.jsonl"
+    report = export_run(tmp_path, out, fmt="dpo")
+    assert report.no_reward == 1
+    rows = list(load_dataset("json", data_files=str(out), split="train"))
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("B", "A")]
+    assert (rows[0]["score_chosen"], rows[0]["score_rejected"]) == (2.0, 0.0)
+    sft = export_run(tmp_path, tmp_path / "sft.jsonl", fmt="sft")
+    assert (sft.rows, sft.no_reward) == (3, 1)
+    grpo_out = tmp_path / "grpo.jsonl"
+    export_run(tmp_path, grpo_out, fmt="grpo")
+    (grpo,) = load_dataset("json", data_files=str(grpo_out), split="train")
+    assert grpo["reward"] == pytest.approx((0.0 + 2.0 + 1.0) / 3)
+
+
+def test_resume_supersedes_steps_of_tasks_that_never_completed(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.start_run("toy", {}, seed=0, params={})
+        store.begin_episode("a", {})
+        store.record_step(_step("a", ["done"], checkpoint="task-1"))
+        store.record_step(_step("a", ["cut off"], checkpoint="task-2"))
+        assert store.begin_episode("a", {}) == 2
+        assert store.supersede_interrupted("a", 2, completed={"task-1"}) == 1
+        assert [s.texts for s in store.steps(episode_id="a")] == [["done"]]
+        assert store.begin_episode("a", {}) == 3
+        assert store.supersede_interrupted("a", 3, completed=None) == 1  # a restart from scratch
+        assert store.steps(episode_id="a") == []
+        assert len(store.steps(episode_id="a", include_superseded=True)) == 2

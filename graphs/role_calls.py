@@ -1,0 +1,255 @@
+"""The one path to a model: render a role's prompt, merge sampling, call its endpoint, parse, record a Step.
+
+Every role call of every graph, trainer and loop goes through `RuntimeContext`; nothing else calls a model.
+Sampling is merged by one rule, weakest first: the role's defaults, then what the config binding sets
+explicitly, then the node's or call's overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from rolegraph.agents.role import Role
+from rolegraph.config import SamplingParams
+from rolegraph.errors import EndpointError, ModelNotFoundError, ParseError, failure_kind
+from rolegraph.serving.types import Choice
+from rolegraph.store import Rewards, Step, Store
+
+T = TypeVar("T")
+
+
+class RolePool(Protocol):
+    """What the runtime needs of rolegraph.serving.EndpointPool (fakes implement it in unit tests)."""
+
+    def resolve(self, role: str) -> tuple[Any, str, SamplingParams]: ...
+
+
+@dataclasses.dataclass
+class RunStats:
+    """Live counters for the progress bar and the summary."""
+
+    kept: int = 0
+    rejected: int = 0
+    failed: int = 0
+    skipped: int = 0
+    completion_tokens: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / max(time.monotonic() - self.started, 1e-6)
+
+
+def sampling_for(role: Role, binding: SamplingParams, overrides: Mapping[str, Any]) -> SamplingParams:
+    """Role defaults, then what the config binding sets explicitly, then the call's overrides."""
+    known = set(SamplingParams.model_fields)
+    layers = [role.sampling, binding.model_dump(include=binding.model_fields_set), overrides]
+    merged: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "extra":
+                extra.update(value or {})
+            elif key in known:
+                merged[key] = value
+            else:
+                extra[key] = value
+    return SamplingParams(**merged, extra=extra)
+
+
+def current_task() -> str | None:
+    """The id of the LangGraph task (one node execution) this call runs in; None outside a graph."""
+    from langgraph.config import get_config
+
+    try:
+        configurable = get_config().get("configurable", {})
+    except RuntimeError:  # not inside a graph run (e.g. a graph's `prepare`)
+        return None
+    task = configurable.get("__pregel_task_id")
+    return None if task is None else str(task)
+
+
+def _jsonable(value: Any) -> Any:
+    """Environment results as JSON-friendly data (dataclasses and pydantic models included)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _parsed(spec: Role, choice: Choice) -> Choice:
+    try:
+        return dataclasses.replace(choice, parsed=spec.parse(choice.text), parse_error=None)
+    except ParseError as exc:
+        return dataclasses.replace(choice, parsed=None, parse_error=exc.message)
+
+
+class RuntimeContext:
+    """The GraphContext nodes get: role, scoring and environment calls, each recorded as a Step."""
+
+    def __init__(
+        self,
+        pool: RolePool,
+        store: Store,
+        *,
+        roles: Mapping[str, Role] | None = None,
+        prompts_dir: Path | None = None,
+        stats: RunStats | None = None,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.roles = dict(roles or {})
+        self.prompts_dir = prompts_dir
+        self.stats = stats or RunStats()
+        self.attempts: dict[str, int] = {}
+        self.endpoint_errors: dict[str, EndpointError] = {}
+        """Episode id → the last endpoint error of its current attempt; such episodes are retried."""
+
+    def role(self, name: str) -> Role:
+        if name not in self.roles:
+            from rolegraph.agents.registry import get_role
+
+            self.roles[name] = get_role(name, self.prompts_dir)
+        return self.roles[name]
+
+    def _new_step(self, kind: str, *, role: str, node: str, episode_id: str, **fields: Any) -> Step:
+        # Calls outside a started episode (a graph's prepare) are recorded as attempt 1 with no episode row.
+        return Step(
+            id=0,
+            episode_id=episode_id,
+            attempt=self.attempts.get(episode_id, 1),
+            kind=kind,
+            node=node,
+            role=role,
+            started_at=time.time(),
+            checkpoint=current_task(),
+            **fields,
+        )
+
+    def _failed(self, step: Step, exc: EndpointError) -> Step:
+        self.endpoint_errors[step.episode_id] = exc
+        return dataclasses.replace(
+            step, error=exc.message, error_kind=exc.kind.value, latency_s=time.time() - step.started_at
+        )
+
+    async def call_role(
+        self,
+        role: str,
+        *,
+        node: str,
+        episode_id: str,
+        variables: dict[str, Any],
+        prompt: Role | None = None,
+        **sampling: Any,
+    ) -> Step:
+        spec = prompt or self.role(role)
+        messages = spec.render(variables)
+        client, model, binding = self.pool.resolve(role)
+        params = sampling_for(spec, binding, sampling)
+        step = self._new_step(
+            "role",
+            role=role,
+            node=node,
+            episode_id=episode_id,
+            model=model,
+            sampling=params.model_dump(),
+            messages=messages,
+        )
+        try:
+            result = await client.chat(messages, model=model, sampling=params)
+        except ModelNotFoundError:
+            raise  # a wrong binding fails every call: stop the run with its message
+        except EndpointError as exc:
+            return self.store.record_step(self._failed(step, exc))
+        self.stats.completion_tokens += result.usage.completion_tokens
+        return self.store.record_step(
+            dataclasses.replace(
+                step,
+                endpoint=result.endpoint,
+                model=result.model or model,
+                choices=[_parsed(spec, c) for c in result.choices],
+                prompt_token_ids=result.prompt_token_ids,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                latency_s=result.latency_s,
+            )
+        )
+
+    async def score_role(
+        self,
+        role: str,
+        *,
+        node: str,
+        episode_id: str,
+        variables: dict[str, Any],
+        continuation: str,
+        prompt: Role | None = None,
+    ) -> Step:
+        spec = prompt or self.role(role)
+        messages = spec.render(variables)
+        client, model, _ = self.pool.resolve(role)
+        step = self._new_step(
+            "role",
+            role=role,
+            node=node,
+            episode_id=episode_id,
+            model=model,
+            messages=messages,
+            choices=[Choice(text=continuation)],
+            request={"score": True},
+        )
+        try:
+            log_p = float(await client.score_chat(messages, continuation, model=model))
+        except ModelNotFoundError:
+            raise
+        except EndpointError as exc:
+            return self.store.record_step(self._failed(step, exc))
+        return self.store.record_step(
+            dataclasses.replace(
+                step,
+                endpoint=getattr(client, "name", None),
+                metrics={"log_p": log_p},
+                latency_s=time.time() - step.started_at,
+            )
+        )
+
+    async def call_env(
+        self,
+        name: str,
+        *,
+        node: str,
+        episode_id: str,
+        request: dict[str, Any],
+        fn: Callable[[], Awaitable[T]],
+    ) -> T:
+        step = self._new_step("env", role=name, node=node, episode_id=episode_id, request=_jsonable(request))
+        try:
+            value = await fn()
+        except Exception as exc:
+            kind = failure_kind(exc)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            self.store.record_step(
+                dataclasses.replace(
+                    step, error=message, error_kind=kind.value, latency_s=time.time() - step.started_at
+                )
+            )
+            raise
+        self.store.record_step(
+            dataclasses.replace(step, response=_jsonable(value), latency_s=time.time() - step.started_at)
+        )
+        return value
+
+    def add_rewards(self, step: Step, rewards: Rewards | list[Rewards]) -> None:
+        self.store.add_rewards(step.id, rewards)
