@@ -7,7 +7,7 @@ safety: every program still runs in a sandbox. It only parses; it never runs any
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rolegraph.environments.pyparse import parse_module
 
@@ -74,17 +74,3 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """A policy as plain config (e.g. from YAML): extra bans on top of, or instead of, the defaults."""
-
-    banned_modules: list[str] = field(default_factory=lambda: sorted(DEFAULT_BANNED_MODULES))
-    banned_names: list[str] = field(default_factory=lambda: sorted(DEFAULT_BANNED_NAMES))
-    banned_attributes: list[str] = field(default_factory=lambda: sorted(DEFAULT_BANNED_ATTRIBUTES))
-
-    def build(self) -> Policy:
-        return Policy(
-            frozenset(self.banned_modules), frozenset(self.banned_names), frozenset(self.banned_attributes)
-        )

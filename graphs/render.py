@@ -6,17 +6,15 @@ No web service is involved (LangGraph's PNG drawing calls mermaid.ink, so it is 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, cast
 from xml.sax.saxutils import escape
 
 import networkx as nx
 
 from rolegraph.graphs.base import GraphDef
-from rolegraph.graphs.context import RoleCall
+from rolegraph.graphs.context import GraphContext
 
-T = TypeVar("T")
 START_ID, END_ID = "__start__", "__end__"
 BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 150, 40, 40, 70, 30
 
@@ -24,26 +22,13 @@ BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 150, 40, 40, 70, 30
 class _DrawingContext:
     """A context for building a graph only to look at it: its nodes are never run."""
 
-    async def call_role(
-        self, role: str, *, node: str, episode_id: str, variables: dict[str, Any], **sampling: Any
-    ) -> RoleCall:
-        raise RuntimeError("graphs built for drawing do not run")
-
-    async def call_env(
-        self,
-        name: str,
-        *,
-        node: str,
-        episode_id: str,
-        request: dict[str, Any],
-        fn: Callable[[], Awaitable[T]],
-    ) -> T:
+    def __getattr__(self, name: str) -> Any:
         raise RuntimeError("graphs built for drawing do not run")
 
 
 def drawable(graph: GraphDef) -> Any:
     """LangGraph's drawable graph (nodes and edges, conditional ones marked) of a GraphDef."""
-    return graph.build(_DrawingContext()).compile().get_graph()
+    return graph.build(cast(GraphContext, _DrawingContext())).compile().get_graph()
 
 
 def to_mermaid(graph: GraphDef) -> str:

@@ -182,6 +182,10 @@ class InputsSpec(_Strict):
         return self
 
 
+class NoOptions(_Strict):
+    """A spec graph reads no `--set` options: any key is refused."""
+
+
 class GraphSpec(_Strict):
     name: str
     description: str = ""
@@ -492,7 +496,9 @@ def episode_inputs(spec: GraphSpec, base: Path, params: RunParams) -> list[Episo
 
 def outcome(spec: GraphSpec, state: dict[str, Any]) -> Outcome:
     """Kept when every keep condition holds; the first failed condition is the rejection reason."""
-    rewards = {name: 1.0 if cond.holds(state) else 0.0 for name, cond in spec.rewards.items()}
+    rewards: dict[str, float | None] = {
+        name: 1.0 if cond.holds(state) else 0.0 for name, cond in spec.rewards.items()
+    }
     for cond in spec.keep_conditions:
         if not cond.holds(state):
             return Outcome(kept=False, reason=f"failed keep: {cond.describe()}", rewards=rewards)
@@ -520,6 +526,7 @@ def compile_spec(path: Path | str) -> SpecGraphDef:
         outcome=lambda state: outcome(spec, state),
         description=spec.description,
         rewards=tuple(Reward(name, train=True) for name in spec.rewards),
+        options=NoOptions,
         role_defs=role_defs,
         spec=spec,
         path=path,

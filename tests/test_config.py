@@ -92,13 +92,39 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_role_overrides_rebind_and_reject_unknown_endpoints() -> None:
-    config = apply_role_overrides(default_config(), ["solver=local:solver-v3", "critic=local"])
+    # `critic` is known here because a graph (examples/critique) declares it.
+    config = apply_role_overrides(
+        default_config(), ["solver=local:solver-v3", "critic=local"], known_roles=["critic"]
+    )
     assert config.roles["solver"].model == "solver-v3"
     assert config.roles["critic"].endpoint == "local" and config.roles["critic"].model is None
     with pytest.raises(ConfigError, match="unknown endpoint 'far'"):
         apply_role_overrides(default_config(), ["solver=far:x"])
     with pytest.raises(ConfigError, match="ROLE=ENDPOINT:MODEL"):
         apply_role_overrides(default_config(), ["solver"])
+
+
+def test_role_overrides_reject_roles_nobody_defines(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_role_overrides(default_config(), ["sovler=local"])
+    assert "unknown role 'sovler'" in info.value.message
+    assert info.value.hint is not None and "solver" in info.value.hint  # the known roles are listed
+    # A role the config file binds is known even though no built-in role has its name.
+    path = _write(
+        tmp_path, "endpoints:\n  a: {base_url: 'http://127.0.0.1:9/v1'}\nroles:\n  critic: {endpoint: a}\n"
+    )
+    assert load_config(path, ["critic=a:critic-v2"]).roles["critic"].model == "critic-v2"
+
+
+def test_train_section_sets_the_trainers_device(tmp_path: Path) -> None:
+    assert default_config().train.device == "cpu" and not default_config().train.bf16
+    config = load_config(_write(tmp_path, "train: {device: gpu, bf16: true}\n"))
+    assert config.train.device == "gpu" and config.train.bf16
+    assert set(config.roles) == set(DEFAULT_ROLES)  # a file with only `train` keeps the defaults
+    with pytest.raises(ConfigError, match=r"train\.device"):
+        load_config(_write(tmp_path, "train: {device: tpu}\n"))
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(_write(tmp_path, "train: {epochs: 3}\n"))
 
 
 def test_schema_objects_reject_bad_values_directly() -> None:

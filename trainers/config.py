@@ -6,7 +6,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rolegraph.errors import ConfigError
+
 Device = Literal["cpu", "gpu"]
+
+
+def check_device(device: Device) -> None:
+    """A ConfigError when training should run on a GPU torch cannot see (TRL would quietly use the CPU)."""
+    if device != "gpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "the training device is gpu, but torch sees no CUDA GPU",
+            "train with --device cpu (or `train: {device: cpu}` in the config), or install the GPU build: "
+            "pip install -e '.[gpu]'",
+        )
 
 
 @dataclass
@@ -33,7 +49,7 @@ class TrainSettings:
     seed: int = 0
     device: Device = "cpu"
     bf16: bool = False
-    """Only honoured on GPU; CPU training runs in float32 (PLATFORM.md)."""
+    """Only honoured on GPU; CPU training runs in float32."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False
     """Off by default: with LoRA on a small model it costs speed and saves little."""

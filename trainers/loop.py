@@ -19,15 +19,18 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from rolegraph.errors import TrainingError
+from rolegraph.errors import ConfigError, TrainingError
 from rolegraph.store import Store, build_rows
 from rolegraph.trainers.base import TrainResult
 from rolegraph.trainers.config import DPOSettings, GRPOSettings, SFTSettings, TrainSettings
 from rolegraph.trainers.handoff import hand_off
 from rolegraph.trainers.recording import record_training
 from rolegraph.trainers.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from rolegraph.graphs.base import GraphDef
 
 METHODS = ("sft", "dpo", "grpo")
 
@@ -55,13 +58,13 @@ class LoopSettings:
 
 
 def train_rows(
-    method: str, settings: TrainSettings, rows: list[dict[str, Any]], out: Path, run_dir: Path
+    method: str, settings: TrainSettings, rows: list[dict[str, Any]], out: Path, run_dir: Path | None = None
 ) -> TrainResult:
-    """Run one trainer on in-memory export rows."""
+    """Run one trainer on in-memory export rows (of `run_dir`'s store, which GRPO reads rewards from)."""
     from rolegraph.trainers.data import to_dataset, validate_row
 
     for number, row in enumerate(rows, start=1):
-        validate_row(row, method, where=f"{run_dir} export row {number}")
+        validate_row(row, method, where=f"{run_dir or 'export'} row {number}")
     if method == "sft":
         from rolegraph.trainers.sft import train_sft
 
@@ -75,13 +78,22 @@ def train_rows(
     from rolegraph.trainers.grpo import train_grpo
 
     assert isinstance(settings, GRPOSettings)
-    return train_grpo(settings, rows, out, run_dirs=[run_dir])
+    return train_grpo(settings, rows, out, run_dirs=[run_dir] if run_dir is not None else None)
 
 
 def default_settings(method: str) -> TrainSettings:
     if method not in METHODS:
         raise TrainingError(f"unknown trainer '{method}'", f"use one of: {', '.join(METHODS)}")
     return {"sft": SFTSettings, "dpo": DPOSettings, "grpo": GRPOSettings}[method]()
+
+
+def check_train_role(graph: GraphDef, role: str) -> None:
+    """The trained role must be one the graph calls: its steps are the training rows."""
+    if role not in graph.roles:
+        raise ConfigError(
+            f"--train-role {role}: graph '{graph.name}' has no role '{role}'",
+            f"use one of: {', '.join(graph.roles)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -140,13 +152,15 @@ async def periodic(
     """Run the graph and train every `train_every` finished episodes in a worker process (or thread); the
     graph keeps issuing episodes meanwhile, and the role switches to each new adapter at its hand-off."""
     from rolegraph.graphs.base import RunParams
-    from rolegraph.graphs.registry import get_graph
+    from rolegraph.graphs.registry import check_options, get_graph
     from rolegraph.graphs.runtime import run_graph
 
     registry = registry or AdapterRegistry()
     train = settings.settings or default_settings(settings.trainer)
     train.model = settings.model_dir
     graph = get_graph(settings.graph)
+    check_train_role(graph, settings.role)
+    check_options(graph, settings.options)
     say = on_event or (lambda _: None)
     report = LoopReport()
     stop = asyncio.Event()

@@ -37,7 +37,7 @@ def _bind(fn: NodeFn, ctx: GraphContext) -> Callable[[PromptCotState], Awaitable
 def build(ctx: GraphContext) -> StateGraph:
     graph = StateGraph(PromptCotState)
     for fn in (nodes.propose, nodes.solve, nodes.judge, nodes.decide):
-        graph.add_node(fn.__name__, _bind(fn, ctx))  # type: ignore[call-overload]
+        graph.add_node(fn.__name__, _bind(fn, ctx))  # type: ignore[arg-type, call-overload, unused-ignore]
     graph.add_edge(START, "propose")
     graph.add_conditional_edges("propose", nodes.route_after, {"continue": "solve", "decide": "decide"})
     graph.add_conditional_edges("solve", nodes.route_after, {"continue": "judge", "decide": "decide"})

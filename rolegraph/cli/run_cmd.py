@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -17,12 +17,19 @@ from rich.text import Text
 
 from rolegraph.errors import ConfigError, RolegraphError
 
+if TYPE_CHECKING:
+    from rolegraph.graphs.base import GraphDef
+    from rolegraph.store.records import Step
+
 console = Console()
 err_console = Console(stderr=True)
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` options; values are read as YAML scalars (numbers, booleans, lists)."""
+def parse_sets(items: list[str], graph: GraphDef) -> dict[str, Any]:
+    """`--set key=value` options of `graph`; values are read as YAML scalars (numbers, booleans, lists).
+    A key the graph does not know, or a value it rejects, is a ConfigError listing the graph's keys."""
+    from rolegraph.graphs.registry import check_options
+
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -32,7 +39,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             options[key.strip()] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             options[key.strip()] = value
-    return options
+    return check_options(graph, options)
+
+
+def check_prompts_dir(prompts_dir: Path | None) -> None:
+    if prompts_dir is not None and not prompts_dir.is_dir():
+        raise ConfigError(
+            f"--prompts-dir {prompts_dir} is not a directory", "pass a directory of ROLE.md files"
+        )
 
 
 def run(
@@ -58,11 +72,13 @@ def run(
     from rolegraph.config import load_config
     from rolegraph.graphs.base import RunParams
     from rolegraph.graphs.registry import get_graph
-    from rolegraph.graphs.runtime import run_graph
 
     graph_def = get_graph(graph)
-    cfg = load_config(config, role)
-    params = RunParams(n=n, seed=seed, run_dir=run_dir, options=parse_sets(set_))
+    cfg = load_config(config, role, known_roles=graph_def.roles)
+    params = RunParams(n=n, seed=seed, run_dir=run_dir, options=parse_sets(set_, graph_def))
+    check_prompts_dir(prompts_dir)
+    from rolegraph.graphs.runtime import run_graph
+
     summary = asyncio.run(
         run_graph(
             graph_def,
@@ -128,7 +144,16 @@ def runs_show(
     with Store(run_dir, create=False) as store:
         if episode is None:
             RunSummary.from_store(store).render(console)
-            return
+            run_record = store.run()
+        else:
+            run_record = None
+    if episode is None:
+        if run_record is not None and run_record.graph == "em":
+            from rolegraph.trainers.em import render_em_report
+
+            render_em_report(run_dir, console)
+        return
+    with Store(run_dir, create=False) as store:
         record = store.episode(episode)
         steps = store.steps(episode_id=episode, include_superseded=True)
         if record is None and not steps:
@@ -139,8 +164,10 @@ def runs_show(
         console.print(
             f"[bold]episode {record.id}[/]: {status}, attempts {record.attempts}"
             + (f", reason: {record.reason}" if record.reason else "")
-            + (f", error: {record.error}" if record.error else "")
+            + (f", error ({record.error_kind or 'other'}): {record.error}" if record.error else "")
         )
+        if record.rewards or record.metrics:
+            console.print(f"rewards: {record.rewards}; metrics: {record.metrics}")
         console.print(Panel(_pretty(record.input), title="input", title_align="left"))
     for step in steps:
         console.print(_step_panel(step))
@@ -152,7 +179,7 @@ def _pretty(value: Any) -> Text:
     return Text(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def _step_panel(step: Any) -> Panel:
+def _step_panel(step: Step) -> Panel:
     parts: list[Any] = []
     for message in step.messages:
         parts.append(
@@ -170,8 +197,10 @@ def _step_panel(step: Any) -> Panel:
     if step.kind == "env":
         parts.append(Text("request: ", style="bold cyan") + _pretty(step.request))
         parts.append(Text("response: ", style="bold green") + _pretty(step.response))
+    if step.metrics:
+        parts.append(Text(f"metrics: {step.metrics}", style="yellow"))
     if step.error:
-        parts.append(Text(f"error: {step.error}", style="bold red"))
+        parts.append(Text(f"error ({step.error_kind or 'other'}): {step.error}", style="bold red"))
     title = (
         f"step {step.id} · node {step.node} · {step.kind} {step.role}"
         + (f" · {step.endpoint}/{step.model}" if step.model else "")
@@ -194,8 +223,13 @@ def export(
     """Export a run's steps as raw rows or as TRL datasets (sft, dpo, grpo)."""
     from rolegraph.store import export_run
 
-    count = export_run(run_dir, out, fmt=fmt, role=role, kept_only=kept_only)
-    console.print(f"wrote {count} {fmt} rows to {out}")
+    report = export_run(run_dir, out, fmt=fmt, role=role, kept_only=kept_only)
+    console.print(f"wrote {report.rows} {fmt} rows to {out}")
+    if report.no_reward:
+        console.print(
+            f"left out {report.no_reward} completions whose training reward the infrastructure could not"
+            " compute (None)"
+        )
 
 
 # --- graph --------------------------------------------------------------------------------------------------

@@ -1,19 +1,29 @@
-"""`rolegraph train em|selfplay|sft|dpo|grpo`, `rolegraph loop` and `rolegraph adapters list`."""
+"""`rolegraph train em|selfplay|sft|dpo|grpo`, `rolegraph loop` and `rolegraph adapters list`.
+
+Every command checks its inputs (files, roles, options, device) before it trains or starts a server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from rolegraph.trainers.config import Device
+
+if TYPE_CHECKING:
+    from rolegraph.config import RolegraphConfig
+    from rolegraph.trainers.config import TrainSettings
+
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
+S = TypeVar("S", bound="TrainSettings")
 
 train_app = typer.Typer(
     help="Train LoRA adapters with TRL and hand them off to the serving endpoints.", no_args_is_help=True
@@ -23,6 +33,19 @@ adapters_app = typer.Typer(help="Versioned LoRA adapters and where they are load
 ConfigOpt = typer.Option(None, "--config", help="Config YAML (default: the built-in model, launched).")
 RoleOpt = typer.Option([], "--role", help="Rebind a role: ROLE=ENDPOINT:MODEL (repeatable).")
 ModelOpt = typer.Option(None, "--model", help="Base model HF dir for training (default: the built-in model).")
+DeviceOpt = typer.Option(
+    None, "--device", help="Train on cpu or gpu (default: the config's train.device, cpu)."
+)
+
+
+def _check_model(model: Path | None) -> None:
+    from rolegraph.errors import ModelNotFoundError
+
+    if model is not None and not (model / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"--model {model}: not a Hugging Face model directory (no config.json)",
+            "pass a model directory, or leave out --model to train the built-in model",
+        )
 
 
 def _model_dir(model: Path | None) -> Path:
@@ -31,25 +54,32 @@ def _model_dir(model: Path | None) -> Path:
     return Path(model) if model is not None else prepare_model()
 
 
-def _with_pool(
-    config: Path | None,
-    roles: list[str],
-    body: Callable[[Any], Awaitable[T]],
-    graph_roles: tuple[str, ...] = (),
-) -> T:
-    """Open the endpoint pool for the config (binding `graph_roles` it does not name), run `body(pool)`,
-    close the pool."""
-    from rolegraph.config import load_config
+def _placed(settings: S, cfg: RolegraphConfig, device: Device | None) -> S:
+    """`settings` on the command line's device, else the config's `train` section (which also gives bf16)."""
+    from rolegraph.trainers.config import check_device
+
+    settings.device = device or cfg.train.device
+    settings.bf16 = cfg.train.bf16
+    check_device(settings.device)
+    return settings
+
+
+def _with_pool(cfg: RolegraphConfig, body: Callable[[Any], Awaitable[T]], roles: tuple[str, ...] = ()) -> T:
+    """Open the endpoint pool (binding `roles` the config does not name), run `body(pool)`, close it."""
     from rolegraph.graphs.runtime import bind_missing_roles
     from rolegraph.serving import EndpointPool
 
-    cfg = bind_missing_roles(load_config(config, roles), graph_roles)
+    bound = bind_missing_roles(cfg, roles)
 
     async def main() -> T:
-        async with EndpointPool(cfg, console=err_console) as pool:
+        async with EndpointPool(bound, console=err_console) as pool:
             return await body(pool)
 
     return asyncio.run(main())
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 @train_app.command("em")
@@ -63,14 +93,28 @@ def em(
     steps: int = typer.Option(1, "--steps", min=1, help="SFT steps per adapter per iteration."),
     lr: float = typer.Option(1e-4, "--lr"),
     keep: int = typer.Option(2, "--keep", min=2, help="Adapter versions kept loaded per role."),
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="Train each iteration from the base model, not the last adapter."
+    ),
+    prompts_dir: Path | None = typer.Option(
+        None, "--prompts-dir", help="Override role prompts with ROLE.md files."
+    ),
+    device: Device | None = DeviceOpt,
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
     """PromptCoT 2.0 EM: train the rationale model q and the problem model p, hand off both each iteration."""
+    from rolegraph.cli.run_cmd import check_prompts_dir
+    from rolegraph.config import load_config
     from rolegraph.trainers.config import SFTSettings
-    from rolegraph.trainers.em import EMLoop, EMSettings, IterationReport
+    from rolegraph.trainers.em import EMLoop, EMSettings, IterationReport, load_seeds
 
+    cfg = load_config(config, role)
+    sft_settings = _placed(SFTSettings(max_steps=steps, learning_rate=lr), cfg, device)
+    load_seeds(seeds, num_seeds)
+    check_prompts_dir(prompts_dir)
+    _check_model(model)
     settings = EMSettings(
         seeds=seeds,
         run_dir=run_dir,
@@ -80,13 +124,15 @@ def em(
         k=k,
         max_tokens=max_tokens,
         keep=keep,
-        sft=SFTSettings(max_steps=steps, learning_rate=lr),
+        sft=sft_settings,
+        from_scratch=from_scratch,
+        prompts_dir=prompts_dir,
     )
 
     def show(r: IterationReport) -> None:
         console.print(
-            f"iteration {r.iteration}: mean best log p(z,x|c) {r.mean_best_reward:.2f}; "
-            f"mean log p(x|c,z*) {r.mean_log_p_x_before:.2f} → {r.mean_log_p_x_after:.2f}; "
+            f"iteration {r.iteration}: mean best log p(z,x|c) {_figure(r.mean_best_reward)}; "
+            f"mean log p(x|c,z*) {_figure(r.mean_log_p_x_before)} → {_figure(r.mean_log_p_x_after)}; "
             f"q={r.q_adapter} p={r.p_adapter}"
         )
 
@@ -97,7 +143,7 @@ def em(
         finally:
             loop.close()
 
-    _with_pool(config, role, body)
+    _with_pool(cfg, body)
 
 
 @train_app.command("selfplay")
@@ -115,15 +161,24 @@ def selfplay(
     sandbox: str = typer.Option("auto", "--sandbox", help="Sandbox for code problems: auto, docker, bwrap."),
     steps: int = typer.Option(2, "--steps", min=1),
     hand: bool = typer.Option(True, "--hand-off/--no-hand-off", help="Load the adapter and switch."),
+    device: Device | None = DeviceOpt,
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
     """Self-play with DPO: roll out, verify (math-verify or sandboxed tests), pair passes with failures,
     train and hand off the policy."""
+    from rolegraph.config import check_role, load_config
     from rolegraph.trainers.config import DPOSettings
-    from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings
+    from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings, load_problems
 
+    cfg = load_config(config, role)
+    check_role(cfg, policy_role, "--policy-role")
+    if teacher_role is not None:
+        check_role(cfg, teacher_role, "--teacher-role")
+    dpo_settings = _placed(DPOSettings(max_steps=steps), cfg, device)
+    load_problems(problems, max_problems)
+    _check_model(model)
     settings = SelfPlaySettings(
         problems=problems,
         run_dir=run_dir,
@@ -138,7 +193,7 @@ def selfplay(
         seed=seed,
         sandbox=sandbox,
         hand_off=hand,
-        dpo=DPOSettings(max_steps=steps),
+        dpo=dpo_settings,
     )
 
     async def body(pool: Any) -> None:
@@ -152,45 +207,49 @@ def selfplay(
         console.print(f"dropped: {report.pairs_report.dropped or 'none'}; {report.pairs} pairs")
         console.print(f"adapter: {report.adapter or 'none (no pairs: nothing to train)'}")
 
-    _with_pool(config, role, body)
+    roles = (policy_role,) if teacher_role is None else (policy_role, teacher_role)
+    _with_pool(cfg, body, roles)
+
+
+def _hand_off(cfg: RolegraphConfig, role_name: str, adapter: Any) -> None:
+    from rolegraph.trainers.handoff import hand_off
+
+    async def body(pool: Any) -> None:
+        report = await hand_off(pool, role_name, adapter)
+        console.print(f"{role_name} now serves {adapter.lora_name} (hand-off {report.load_s:.2f}s)")
+
+    _with_pool(cfg, body, (role_name,))
 
 
 def _train_file(
     method: str,
     data: Path,
     role_name: str,
+    role_option: str,
     steps: int,
     lr: float | None,
     model: Path | None,
     record_in: Path | None,
-    config: Path | None,
-    roles: list[str],
+    cfg: RolegraphConfig,
+    device: Device | None,
     hand: bool,
 ) -> None:
-    from rolegraph.trainers.handoff import hand_off
-    from rolegraph.trainers.loop import default_settings
+    from rolegraph.config import check_role
+    from rolegraph.trainers.data import read_rows
+    from rolegraph.trainers.loop import default_settings, train_rows
     from rolegraph.trainers.recording import record_training
     from rolegraph.trainers.registry import AdapterRegistry
 
-    settings = default_settings(method)
+    check_role(cfg, role_name, role_option)
+    settings = _placed(default_settings(method), cfg, device)
+    rows = read_rows(data, method)
+    _check_model(model)
     settings.model = _model_dir(model)
     settings.max_steps = steps
     if lr is not None:
         settings.learning_rate = lr
     registry = AdapterRegistry()
-    staging = registry.staging(role_name)
-    if method == "sft":
-        from rolegraph.trainers.sft import train_sft
-
-        result = train_sft(settings, data, staging)  # type: ignore[arg-type]
-    elif method == "dpo":
-        from rolegraph.trainers.dpo import train_dpo
-
-        result = train_dpo(settings, data, staging)  # type: ignore[arg-type]
-    else:
-        from rolegraph.trainers.grpo import train_grpo
-
-        result = train_grpo(settings, data, staging, run_dirs=[record_in] if record_in else None)  # type: ignore[arg-type]
+    result = train_rows(method, settings, rows, registry.staging(role_name), record_in)
     adapter = registry.publish(role_name, result.adapter_dir)
     console.print(
         f"trained {adapter.lora_name} at {adapter.path} ({result.metrics.get('train_loss', 0):.4f} loss)"
@@ -198,12 +257,7 @@ def _train_file(
     if record_in is not None:
         record_training(record_in, result, inputs=[str(data)], adapter=adapter)
     if hand:
-
-        async def body(pool: Any) -> None:
-            report = await hand_off(pool, role_name, adapter)
-            console.print(f"{role_name} now serves {adapter.lora_name} (hand-off {report.load_s:.2f}s)")
-
-        _with_pool(config, roles, body)
+        _hand_off(cfg, role_name, adapter)
 
 
 @train_app.command("sft")
@@ -217,37 +271,41 @@ def sft(
     hand: bool = typer.Option(
         False, "--hand-off/--no-hand-off", help="Load it into the endpoints and switch."
     ),
+    device: Device | None = DeviceOpt,
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
     """Supervised fine-tuning on an export, or distillation of a teacher role's verified traces (--from)."""
-    from rolegraph.errors import TrainingError
+    from rolegraph.config import check_role, load_config
+    from rolegraph.errors import ConfigError
 
     if (data is None) == (from_run is None):
-        raise TrainingError(
+        raise ConfigError(
             "give exactly one of --data FILE or --from RUN_DIR", "see `rolegraph train sft --help`"
         )
+    cfg = load_config(config, role)
     if data is not None:
-        _train_file("sft", data, student_role, steps, lr, model, None, config, role, hand)
+        _train_file("sft", data, student_role, "--student-role", steps, lr, model, None, cfg, device, hand)
         return
     assert from_run is not None
+    from rolegraph.store import STORE_FILE
     from rolegraph.trainers.config import SFTSettings
     from rolegraph.trainers.distill import distill
-    from rolegraph.trainers.handoff import hand_off
 
-    settings = SFTSettings(model=_model_dir(model), max_steps=steps)
+    check_role(cfg, teacher_role, "--teacher-role")
+    check_role(cfg, student_role, "--student-role")
+    if not (from_run / STORE_FILE).is_file():
+        raise ConfigError(f"--from {from_run}: not a rolegraph run directory", "pass the --run-dir of a run")
+    settings = _placed(SFTSettings(max_steps=steps), cfg, device)
+    _check_model(model)
+    settings.model = _model_dir(model)
     if lr is not None:
         settings.learning_rate = lr
     result, adapter = distill(from_run, settings, teacher_role=teacher_role, student_role=student_role)
     console.print(f"distilled {result.rows} verified {teacher_role} traces into {adapter.lora_name}")
     if hand:
-
-        async def body(pool: Any) -> None:
-            report = await hand_off(pool, student_role, adapter)
-            console.print(f"{student_role} now serves {adapter.lora_name} (hand-off {report.load_s:.2f}s)")
-
-        _with_pool(config, role, body)
+        _hand_off(cfg, student_role, adapter)
 
 
 def _file_command(method: str) -> Callable[..., None]:
@@ -260,11 +318,15 @@ def _file_command(method: str) -> Callable[..., None]:
             None, "--run-dir", help="Record the training run in this store."
         ),
         hand: bool = typer.Option(False, "--hand-off/--no-hand-off"),
+        device: Device | None = DeviceOpt,
         config: Path | None = ConfigOpt,
         role: list[str] = RoleOpt,
         model: Path | None = ModelOpt,
     ) -> None:
-        _train_file(method, data, train_role, steps, lr, model, record_in, config, role, hand)
+        from rolegraph.config import load_config
+
+        cfg = load_config(config, role)
+        _train_file(method, data, train_role, "--train-role", steps, lr, model, record_in, cfg, device, hand)
 
     command.__doc__ = (
         f"Train a LoRA with TRL's {method.upper()} trainer on a `rolegraph export --format {method}`."
@@ -292,22 +354,28 @@ def loop(
         "thread", "--train-in", help="thread, or process (better with spare cores or a GPU)."
     ),
     set_: list[str] = typer.Option([], "--set", help="Graph option KEY=VALUE (repeatable)."),
+    device: Device | None = DeviceOpt,
     config: Path | None = ConfigOpt,
     role: list[str] = RoleOpt,
     model: Path | None = ModelOpt,
 ) -> None:
     """Keep a graph running and train every N finished episodes; the graph never waits for training."""
+    from rolegraph.cli.run_cmd import parse_sets
+    from rolegraph.config import load_config
     from rolegraph.errors import ConfigError
+    from rolegraph.graphs.registry import get_graph
+    from rolegraph.trainers.loop import LoopReport, LoopSettings, check_train_role, default_settings, periodic
 
     if train_in not in ("process", "thread"):
         raise ConfigError(f"--train-in must be thread or process, not '{train_in}'", "use --train-in thread")
-    from rolegraph.cli.run_cmd import parse_sets
-    from rolegraph.graphs.registry import get_graph
-    from rolegraph.trainers.loop import LoopReport, LoopSettings, default_settings, periodic
-
-    graph_def = get_graph(graph)
     train_settings = default_settings(trainer)
+    graph_def = get_graph(graph)
+    check_train_role(graph_def, train_role)
+    cfg = load_config(config, role, known_roles=graph_def.roles)
+    options = parse_sets(set_, graph_def)
+    _placed(train_settings, cfg, device)
     train_settings.max_steps = steps
+    _check_model(model)
     settings = LoopSettings(
         graph=graph,
         run_dir=run_dir,
@@ -316,7 +384,7 @@ def loop(
         trainer=trainer,
         role=train_role,
         rounds=rounds,
-        options=parse_sets(set_),
+        options=options,
         settings=train_settings,
         batch=batch,
         episodes_after=episodes_after,
@@ -326,7 +394,7 @@ def loop(
     async def body(pool: Any) -> LoopReport:
         return await periodic(pool, settings, on_event=lambda text: err_console.print(text))
 
-    report = _with_pool(config, role, body, graph_def.roles)
+    report = _with_pool(cfg, body, graph_def.roles)
     for item in report.rounds:
         console.print(
             f"{item.adapter}: trained on {item.rows} rows after {item.episodes_before} episodes; "

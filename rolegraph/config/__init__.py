@@ -1,6 +1,13 @@
 """Validated configuration: endpoints, role bindings and sampling (pydantic)."""
 
-from rolegraph.config.load import apply_role_overrides, default_config, load_config, parse_role_override
+from rolegraph.config.load import (
+    apply_role_overrides,
+    check_role,
+    default_config,
+    known_role_names,
+    load_config,
+    parse_role_override,
+)
 from rolegraph.config.schema import (
     BUILTIN_MODEL,
     DEFAULT_ROLES,
@@ -9,6 +16,7 @@ from rolegraph.config.schema import (
     RoleBinding,
     RolegraphConfig,
     SamplingParams,
+    TrainConfig,
 )
 
 __all__ = [
@@ -19,8 +27,11 @@ __all__ = [
     "RoleBinding",
     "RolegraphConfig",
     "SamplingParams",
+    "TrainConfig",
     "apply_role_overrides",
+    "check_role",
     "default_config",
+    "known_role_names",
     "load_config",
     "parse_role_override",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,15 @@ def default_config() -> RolegraphConfig:
     )
 
 
-def load_config(path: Path | str | None = None, role_overrides: list[str] | None = None) -> RolegraphConfig:
-    """Read and validate a YAML config (or the default when `path` is None), then apply overrides."""
+def load_config(
+    path: Path | str | None = None,
+    role_overrides: list[str] | None = None,
+    known_roles: Iterable[str] = (),
+) -> RolegraphConfig:
+    """Read and validate a YAML config (or the default when `path` is None), then apply overrides.
+    `known_roles` adds roles an override may name besides the built-in and configured ones (a graph's)."""
     config = default_config() if path is None else _read(Path(path))
-    return apply_role_overrides(config, role_overrides or [])
+    return apply_role_overrides(config, role_overrides or [], known_roles)
 
 
 def _read(path: Path) -> RolegraphConfig:
@@ -74,13 +80,31 @@ def parse_role_override(text: str) -> tuple[str, str, str | None]:
     return role.strip(), endpoint.strip(), (model.strip() or None)
 
 
-def apply_role_overrides(config: RolegraphConfig, overrides: list[str]) -> RolegraphConfig:
-    """Rebind roles from the command line; unknown endpoints are errors, unknown roles are added."""
+def known_role_names(config: RolegraphConfig, extra: Iterable[str] = ()) -> list[str]:
+    """Roles a command may name: the built-in and registered ones, the config's, and `extra`."""
+    from rolegraph.agents.registry import list_roles
+
+    return sorted(set(list_roles()) | set(config.roles) | set(extra))
+
+
+def check_role(config: RolegraphConfig, role: str, option: str, extra: Iterable[str] = ()) -> None:
+    """A ConfigError, listing the known roles, when `option` names a role nobody defines."""
+    known = known_role_names(config, extra)
+    if role not in known:
+        raise ConfigError(f"{option}: unknown role '{role}'", f"use one of: {', '.join(known)}")
+
+
+def apply_role_overrides(
+    config: RolegraphConfig, overrides: list[str], known_roles: Iterable[str] = ()
+) -> RolegraphConfig:
+    """Rebind roles from the command line; unknown endpoints and unknown roles are errors."""
     if not overrides:
         return config
     roles = dict(config.roles)
+    extra = list(known_roles)
     for text in overrides:
         role, endpoint, model = parse_role_override(text)
+        check_role(config, role, f"--role {text}", extra)
         if endpoint not in config.endpoints:
             known = ", ".join(sorted(config.endpoints))
             raise ConfigError(f"--role {text}: unknown endpoint '{endpoint}'", f"use one of: {known}")

@@ -35,7 +35,8 @@ class SamplingParams(_Strict):
 
 
 class LaunchSpec(_Strict):
-    """A vLLM server rolegraph starts itself. CPU defaults follow PLATFORM.md (float32, eager)."""
+    """A vLLM server rolegraph starts itself. The defaults suit CPU (float32, eager); on a GPU set
+    `device: gpu, dtype: bfloat16, enforce_eager: false`."""
 
     model: str = BUILTIN_MODEL
     """A built-in model name, a local Hugging Face directory, or a hub id (passed through to vLLM)."""
@@ -84,9 +85,18 @@ class RoleBinding(_Strict):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
 
+class TrainConfig(_Strict):
+    """Where the trainers run: the same code on CPU and GPU; `rolegraph train ... --device` overrides it."""
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    bf16: bool = False
+    """Train in bfloat16; only honoured on GPU (CPU training runs in float32)."""
+
+
 class RolegraphConfig(_Strict):
     endpoints: dict[str, EndpointConfig]
     roles: dict[str, RoleBinding]
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _roles_name_known_endpoints(self) -> RolegraphConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from rolegraph.graphs.runtime import PREPARE_EPISODE, run_graph
 from rolegraph.store import Store
 
 MAX_TOKENS = 48
+K = 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fresh_seeds(tmp_path: Path) -> Path:
@@ -28,7 +32,7 @@ def _fresh_seeds(tmp_path: Path) -> Path:
 
 @pytest.mark.vllm
 async def test_promptcot_runs_end_to_end(rg_config: RolegraphConfig, tmp_path: Path) -> None:
-    options = {"seeds": str(_fresh_seeds(tmp_path)), "seed_limit": 2, "k": 2, "max_tokens": MAX_TOKENS}
+    options = {"seeds": str(_fresh_seeds(tmp_path)), "seed_limit": 2, "k": K, "max_tokens": MAX_TOKENS}
     run_dir = tmp_path / "run"
     summary = await run_graph(
         PROMPTCOT, rg_config, RunParams(n=2, seed=0, options=options), run_dir, concurrency=4, progress=False
@@ -56,7 +60,13 @@ async def test_promptcot_runs_end_to_end(rg_config: RolegraphConfig, tmp_path: P
                 assert all(len(c.token_ids or []) <= MAX_TOKENS for c in step.choices)
                 assert all(c.parsed is not None or c.parse_error for c in step.choices)
         solver = [s for s in steps if s.role == "solver"]
-        assert all(len(s.choices) == 2 for s in solver)  # k attempts in one call
+        assert all(len(s.choices) == K for s in solver)  # k attempts in one call
+        for episode in episodes:
+            # token counts and agreement are metrics; the declared rewards are all a trainer ranks by
+            assert set(episode.rewards) == {"verdict"}
+            assert {"agreement", "mean_reasoning_tokens"} <= set(episode.metrics)
+        expected = _expected_dpo_pairs(store)
+    _check_dpo_export(run_dir, tmp_path / "dpo.jsonl", expected)
 
     # A second run of the same directory resumes: nothing is redone.
     again = await run_graph(
@@ -65,3 +75,46 @@ async def test_promptcot_runs_end_to_end(rg_config: RolegraphConfig, tmp_path: P
     assert again.kept + again.rejected == 2
     with Store(run_dir, create=False) as store:
         assert len(store.steps()) == len(steps)
+
+
+def _expected_dpo_pairs(store: Store) -> list[tuple[float, float]]:
+    """(chosen, rejected) training rewards of the solver pairs: verdict + majority, computed here by hand."""
+    episodes = {e.id: e for e in store.episodes()}
+    pairs = []
+    for step in store.steps(role="solver"):
+        verdict = episodes[step.episode_id].rewards["verdict"]
+        if verdict is None:
+            continue
+        scored = sorted(
+            (
+                verdict + step.rewards[i]["majority"]
+                for i, choice in enumerate(step.choices)
+                if choice.parse_error is None and choice.text.strip()
+            ),
+            reverse=True,
+        )
+        for i in range(len(scored) // 2):
+            if scored[i] <= scored[-1 - i]:
+                break
+            pairs.append((scored[i], scored[-1 - i]))
+    return pairs
+
+
+def _check_dpo_export(run_dir: Path, out: Path, expected: list[tuple[float, float]]) -> None:
+    """`rolegraph export --format dpo` ranks pairs by the declared training reward (never by token counts)."""
+    command = [sys.executable, "-c", "from rolegraph.cli.app import main; main()", "export", str(run_dir)]
+    done = subprocess.run(
+        [*command, "--format", "dpo", "--out", str(out), "--role", "solver"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if not expected:
+        assert done.returncode == 2 and "no dpo rows" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    got = sorted((row["score_chosen"], row["score_rejected"]) for row in rows)
+    assert got == sorted(expected)
+    assert all(row["score_chosen"] > row["score_rejected"] for row in rows)

@@ -51,7 +51,7 @@ async def test_example_graph_runs_on_vllm_and_exports_load(
             assert set(episode.rewards) == {"accepted"}
     for fmt in ("raw", "sft", "grpo"):
         out = tmp_path / f"{fmt}.parquet"
-        count = export_run(tmp_path, out, fmt=fmt)
+        count = export_run(tmp_path, out, fmt=fmt).rows
         rows = load_dataset("parquet", data_files=str(out), split="train")
         assert len(rows) == count > 0
     assert (

@@ -1,5 +1,5 @@
-"""Unit tests of the trainer plumbing that needs no model: export validation, E-step selection, DPO pairs,
-adapter versions."""
+"""Unit tests of the trainer plumbing that needs no model: export validation, DPO pairs, adapter versions,
+periodic-mode checks. (EM's units are in test_em_units.py, self-play's graph in test_selfplay_graph.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rolegraph.errors import TrainingError
+from rolegraph.errors import ConfigError, TrainingError
 from rolegraph.trainers.data import read_rows
-from rolegraph.trainers.em import argmax, load_seeds, proposal_text, select_candidate
 from rolegraph.trainers.grpo import StoreReward, extract_boxed, prompts_dataset
 from rolegraph.trainers.pairs import ProblemRollouts, Rollout, build_pairs, keep_reason
 from rolegraph.trainers.registry import AdapterRegistry, parse_lora_name
@@ -77,40 +76,6 @@ def test_valid_export_reads(tmp_path: Path) -> None:
     assert len(rows) == 3 and rows[0]["chosen"] == "\\boxed{5}"
 
 
-# --- E-step selection ---------------------------------------------------------------------------------
-def test_e_step_picks_the_argmax_with_a_deterministic_scorer() -> None:
-    candidates = ["short", "a much longer rationale", "mid length"]
-
-    async def score(text: str) -> float:
-        return -abs(len(text) - 10)  # deterministic: closest to 10 characters wins
-
-    best, scores = asyncio.run(select_candidate(candidates, score))
-    assert scores == [-5, -13, 0]
-    assert best == 2
-
-
-def test_argmax_ties_and_nan() -> None:
-    assert argmax([1.0, 3.0, 3.0]) == 1
-    assert argmax([float("nan"), -2.0, -1.0]) == 2
-    with pytest.raises(TrainingError):
-        argmax([])
-
-
-def test_proposal_text_is_the_proposer_format() -> None:
-    text = proposal_text(" think ", "What is x?")
-    assert text == "## Rationale\nthink\n## Problem\nWhat is x?"
-
-
-def test_seeds_from_math500_format(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "s.jsonl", [json.dumps({"problem": "p1", "answer": "1"}), json.dumps({"problem": "p2"})]
-    )
-    seeds = load_seeds(path, limit=5)
-    assert [s.problem for s in seeds] == ["p1", "p2"] and seeds[0].concepts == ()
-    with pytest.raises(TrainingError, match="no 'problem'"):
-        load_seeds(_write(tmp_path / "b.jsonl", [json.dumps({"question": "x"})]), limit=5)
-
-
 # --- DPO pairs ----------------------------------------------------------------------------------------
 def _problem(pid: str, passes: list[bool]) -> ProblemRollouts:
     rollouts = [Rollout(text=f"{pid}-{i}-{'ok' if ok else 'bad'}", passed=ok) for i, ok in enumerate(passes)]
@@ -169,12 +134,16 @@ def test_registry_publishes_increasing_versions_atomically(tmp_path: Path) -> No
     first = registry.publish("solver", _fake_adapter(registry.staging("solver")))
     second = registry.publish("solver", _fake_adapter(tmp_path / "elsewhere"))
     assert (first.version, second.version) == (1, 2)
-    assert second.lora_name == "solver-v2" and second.path == tmp_path / "adapters" / "solver" / "v2"
+    assert (
+        second.lora_name == f"solver-v2-{second.id}"
+        and second.path == tmp_path / "adapters" / "solver" / "v2"
+    )
+    assert first.id != second.id  # names are never reused, even where a version number repeats
     # A half-written temp dir is never listed as a version.
     (registry.role_dir("solver") / ".tmp-crashed").mkdir()
     assert [v.version for v in registry.versions("solver")] == [1, 2]
     assert registry.latest("solver") == second
-    assert parse_lora_name("rationale_writer-v12") == ("rationale_writer", 12)
+    assert parse_lora_name("rationale_writer-v12-0123abcd") == ("rationale_writer", 12)
     assert parse_lora_name("smollm2-135m-instruct") is None
     with pytest.raises(TrainingError, match="holds no adapter"):
         registry.publish("solver", tmp_path)
@@ -230,26 +199,35 @@ def test_loop_settings_per_trainer() -> None:
         default_settings("ppo")
 
 
-# --- self-play verification against a teacher's majority (fake pool: no model needed) -----------------
-def test_selfplay_uses_teacher_majority_when_a_problem_has_no_answer(tmp_path: Path) -> None:
-    from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings, load_problems
-    from tests.runtime.fakes import FakePool
+def test_periodic_checks_its_role_and_options_before_the_graph_runs(tmp_path: Path) -> None:
+    from rolegraph.trainers.loop import LoopSettings, periodic
 
-    problems = _write(tmp_path / "p.jsonl", [json.dumps({"id": "q", "problem": "What is 2+3?"})])
-    teacher = ["\\boxed{5}", "so \\boxed{5}", "\\boxed{6}"]
-    policy = ["\\boxed{5}", "\\boxed{7}", "no idea", "\\boxed{5}"]
-    pool = FakePool({"judge": lambda m, s: teacher, "solver": lambda m, s: policy})
-    settings = SelfPlaySettings(
-        problems=problems, run_dir=tmp_path / "run", model_dir=tmp_path, teacher_role="judge"
-    )
-    play = SelfPlay(pool, settings)
-    try:
-        (problem,) = load_problems(problems, 5)
-        group = asyncio.run(play.rollouts(problem))
-        steps = {s.node: s for s in play.rec.store.steps()}
-    finally:
-        play.close()
-    assert group is not None and [r.passed for r in group.rollouts] == [True, False, False, True]
-    assert [r["majority_vote"] for r in steps["teacher"].rewards] == [1.0, 1.0, 0.0]
-    assert [r["reward"] for r in steps["rollout"].rewards] == [1.0, 0.0, 0.0, 1.0]
-    assert pool.clients["solver"].calls[0][1].n == 4  # n rollouts in one call
+    class NoPool:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"the loop used the pool ({name}) before checking its settings")
+
+    def settings(role: str = "solver", options: dict[str, object] | None = None) -> LoopSettings:
+        run_dir = tmp_path / "run"
+        return LoopSettings("promptcot", run_dir, tmp_path, role=role, options=dict(options or {}))
+
+    with pytest.raises(ConfigError, match="graph 'promptcot' has no role 'critic'"):
+        asyncio.run(periodic(NoPool(), settings(role="critic")))
+    with pytest.raises(ConfigError, match="no option 'colour'"):
+        asyncio.run(periodic(NoPool(), settings(options={"colour": "red"})))
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_training_on_a_gpu_torch_cannot_see_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rolegraph.trainers.config import DPOSettings, check_device
+
+    check_device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU") as info:
+        check_device("gpu")
+    assert info.value.hint is not None and "--device cpu" in info.value.hint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_device("gpu")
+    kwargs = DPOSettings(device="gpu", bf16=True).common_trl_kwargs(Path("out"))
+    assert kwargs["use_cpu"] is False and kwargs["bf16"] is True
