@@ -8,6 +8,7 @@ A rollout's code is only ever parsed on the host (`ast`); it runs in a sandbox, 
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -126,9 +127,10 @@ class CodeVerdict:
 
 
 async def verify_code(sandbox: Any, spec: CodeSpec, completion: str) -> CodeVerdict:
-    """Run a rollout's program against the problem's tests on a sandbox pool (`SandboxPool`)."""
-    import asyncio
+    """Run a rollout's program against the problem's tests on a sandbox pool (`SandboxPool`).
 
+    A SandboxError means the sandbox could not give a verdict (an infrastructure failure, not the rollout's).
+    """
     from rolegraph.environments.code_tests import CodeTester, StdioCase, UnitTestCase
 
     program = program_for(spec, completion)

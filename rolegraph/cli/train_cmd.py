@@ -205,6 +205,12 @@ def selfplay(
         rates = ", ".join(f"{k}={v:.2f}" for k, v in report.pass_rates.items())
         console.print(f"{report.problems} problems; pass rates: {rates or 'none'}")
         console.print(f"dropped: {report.pairs_report.dropped or 'none'}; {report.pairs} pairs")
+        if report.skipped:
+            console.print(f"not checked: {report.skipped}")
+        if report.unverified:
+            console.print(
+                f"{report.unverified} rollouts could not be verified (infrastructure failure): left out of pairs"
+            )
         console.print(f"adapter: {report.adapter or 'none (no pairs: nothing to train)'}")
 
     roles = (policy_role,) if teacher_role is None else (policy_role, teacher_role)
