@@ -209,7 +209,8 @@ def selfplay(
             console.print(f"not checked: {report.skipped}")
         if report.unverified:
             console.print(
-                f"{report.unverified} rollouts could not be verified (infrastructure failure): left out of pairs"
+                f"{report.unverified} rollouts could not be verified (infrastructure failure):"
+                " left out of pairs"
             )
         console.print(f"adapter: {report.adapter or 'none (no pairs: nothing to train)'}")
 
