@@ -59,10 +59,10 @@ console = Console(stderr=True)
 def _server() -> tuple[str, str, Any]:
     url = os.environ.get("ROLEGRAPH_BENCH_BASE_URL")
     if url:
-        import httpx
+        import httpx2
 
         url = url.rstrip("/") if url.rstrip("/").endswith("/v1") else url.rstrip("/") + "/v1"
-        cards = httpx.get(f"{url}/models", timeout=10).json()["data"]
+        cards = httpx2.get(f"{url}/models", timeout=10).json()["data"]
         return url, next(c["id"] for c in cards if not c.get("parent")), None
     from rolegraph.serving.launcher import launch_server
 
@@ -75,9 +75,9 @@ def _server() -> tuple[str, str, Any]:
 
 def _reset_prefix_cache(base_url: str) -> None:
     """Start a measured phase with a cold prefix cache (the server needs VLLM_SERVER_DEV_MODE=1)."""
-    import httpx
+    import httpx2
 
-    reply = httpx.post(base_url.removesuffix("/v1") + "/reset_prefix_cache", timeout=60)
+    reply = httpx2.post(base_url.removesuffix("/v1") + "/reset_prefix_cache", timeout=60)
     if reply.status_code != 200:
         sys.exit(
             "bench: the server refuses /reset_prefix_cache; start it with VLLM_SERVER_DEV_MODE=1 "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.serving import VLLMServer
@@ -12,7 +12,7 @@ from tests.fixtures.serving import VLLMServer
 pytestmark = pytest.mark.vllm
 
 
-async def _prompt_logprob_sum(client: httpx.AsyncClient, server: VLLMServer, text: str) -> float:
+async def _prompt_logprob_sum(client: httpx2.AsyncClient, server: VLLMServer, text: str) -> float:
     body = {"model": server.model, "prompt": text, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
     response = await client.post(f"{server.base_url}/completions", json=body)
     response.raise_for_status()
@@ -20,7 +20,7 @@ async def _prompt_logprob_sum(client: httpx.AsyncClient, server: VLLMServer, tex
     return sum(next(iter(row.values()))["logprob"] for row in rows if row)
 
 
-async def _chat(client: httpx.AsyncClient, server: VLLMServer) -> str:
+async def _chat(client: httpx2.AsyncClient, server: VLLMServer) -> str:
     messages = [{"role": "user", "content": "Count to five."}]
     body = {"model": server.model, "messages": messages, "max_tokens": 12}
     response = await client.post(f"{server.base_url}/chat/completions", json=body)
@@ -30,7 +30,7 @@ async def _chat(client: httpx.AsyncClient, server: VLLMServer) -> str:
 
 async def test_batched_prompt_logprobs_match_solo_and_server_survives(vllm_server: VLLMServer) -> None:
     texts = [f"The number {i} comes right after {i - 1}. " * (2 + i) for i in range(1, 5)]
-    async with httpx.AsyncClient(timeout=180) as client:
+    async with httpx2.AsyncClient(timeout=180) as client:
         solo = [await _prompt_logprob_sum(client, vllm_server, text) for text in texts]
         mixed = await asyncio.gather(
             *(_prompt_logprob_sum(client, vllm_server, text) for text in texts),

@@ -1,38 +1,54 @@
-"""Hand-off: hot-load a published adapter into the endpoint serving a role, then swap the role's binding.
+"""Hand-off: hot-load a published adapter into every endpoint serving a role's base model, then swap the role.
 
-Order matters for "no request fails": the adapter is loaded (and answers) before the binding moves, and only
-versions older than the newest `keep` are unloaded afterwards, once the server reports no running or waiting
-request on them, so requests that resolved an old version before a swap still find it served.
+Where: an adapter fits only the base model it was trained on, so it goes to every endpoint of the pool whose
+base model has the same name as the base model of the endpoint the role is bound to (the role's endpoint
+first). Endpoints serving another base model are left alone.
+
+Order matters for "no request fails": the adapter is loaded on all of those endpoints (and answers) before the
+binding moves; if any endpoint cannot load it, the binding stays and the endpoints that did load it unload it
+again. Only the role's versions (in the adapter's own adapters dir) beyond the newest `keep` are unloaded
+afterwards, once the server reports no running or waiting request on them, so requests that resolved an old
+version before a swap still find it served; names another adapters dir gave (another run sharing the server)
+are left alone. Finally versions beyond `keep` that no endpoint has loaded and no role is bound to are deleted
+from disk.
+
+A version is never loaded in place: its name is unique per publish (see rolegraph.trainers.registry), and an
+endpoint that already lists the name (a retried hand-off) already serves exactly these weights.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from rolegraph.errors import EndpointError, TrainingError
-from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion, parse_lora_name
+from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion
 
 UNLOAD_MAX_WAIT_S = 60.0
 IDLE_POLLS = 3
 IDLE_POLL_S = 0.5
 UNKNOWN_USAGE_GRACE_S = 5.0
 """Unloading an old version waits (at most UNLOAD_MAX_WAIT_S) for IDLE_POLLS quiet polls of the server."""
+LORA_INFO = "vllm:lora_requests_info"
+"""vLLM's gauge of the adapters with running or waiting requests (its value is the sample's timestamp)."""
 
 
 class AdapterClient(Protocol):
     """What hand-off needs of rolegraph.serving.Client."""
 
-    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> Any: ...
+    async def load_adapter(self, name: str, path: str) -> Any: ...
 
     async def unload_adapter(self, name: str) -> Any: ...
 
-    async def list_models(self) -> Any: ...
+    async def list_models(self) -> list[str]: ...
+
+    async def metrics(self) -> str: ...
 
 
 class SwappablePool(Protocol):
@@ -41,7 +57,11 @@ class SwappablePool(Protocol):
     @property
     def bindings(self) -> Mapping[str, Any]: ...
 
-    def resolve(self, role: str) -> tuple[Any, str, Any]: ...
+    @property
+    def clients(self) -> Mapping[str, Any]: ...
+
+    @property
+    def base_models(self) -> Mapping[str, str]: ...
 
     async def swap(self, role: str, endpoint: str, model: str) -> Any: ...
 
@@ -53,23 +73,14 @@ class HandOffReport:
     role: str
     adapter: AdapterVersion
     endpoints: list[str]
+    """Every endpoint the adapter was loaded into, the role's own first."""
     load_s: float
     """Seconds from the start of hand-off until the adapter answered on every endpoint and the binding
     moved."""
-    unloaded: list[str] = field(default_factory=list)
-
-
-def model_names(listing: Any) -> list[str]:
-    """Model ids from whatever `list_models()` returned (ids, dicts with `id`, or objects with `.id`)."""
-    names: list[str] = []
-    for item in listing or []:
-        if isinstance(item, str):
-            names.append(item)
-        elif isinstance(item, dict) and "id" in item:
-            names.append(str(item["id"]))
-        elif hasattr(item, "id"):
-            names.append(str(item.id))
-    return names
+    unloaded: dict[str, list[str]] = field(default_factory=dict)
+    """Older versions unloaded, by endpoint."""
+    pruned: list[str] = field(default_factory=list)
+    """Older versions deleted from disk."""
 
 
 def role_endpoint(pool: SwappablePool, role: str) -> str:
@@ -82,99 +93,123 @@ def role_endpoint(pool: SwappablePool, role: str) -> str:
     return str(binding.endpoint)
 
 
+def adapter_endpoints(pool: SwappablePool, role: str) -> list[str]:
+    """Where a role's adapters go: the role's own endpoint, then every other one with the same base model."""
+    own = role_endpoint(pool, role)
+    base = pool.base_models[own]
+    return [own, *(name for name, model in pool.base_models.items() if model == base and name != own)]
+
+
 def models_in_use(pool: SwappablePool) -> set[str]:
     """Models some role is bound to right now (never unloaded)."""
     return {str(binding.model) for binding in pool.bindings.values() if binding.model}
 
 
 async def hand_off(
-    pool: SwappablePool,
-    role: str,
-    adapter: AdapterVersion,
-    *,
-    keep: int = 2,
+    pool: SwappablePool, role: str, adapter: AdapterVersion, *, keep: int = 2
 ) -> HandOffReport:
-    """Load `adapter` where `role` is served, switch the role to it, and unload versions beyond `keep`."""
+    """Load `adapter` into every endpoint serving the role's base model, switch the role to it, then unload
+    and delete from disk the role's versions beyond `keep` (see the module docstring)."""
     if keep < 2:
         raise TrainingError(
             f"keep={keep} would unload the version in-flight requests still use", "keep at least 2 versions"
         )
     started = time.perf_counter()
-    client, _, _ = pool.resolve(role)
-    endpoint = role_endpoint(pool, role)
-    name = adapter.lora_name
-    # A name already served (e.g. by a server that outlived an earlier adapters dir) is reloaded in place.
-    replace = name in model_names(await client.list_models())
-    try:
-        await client.load_adapter(name, str(adapter.path), replace=replace)
-    except EndpointError as exc:
-        raise EndpointError(
-            f"endpoint '{endpoint}' could not load adapter {name}: {exc.message}",
-            exc.hint or "start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
-        ) from None
-    await pool.swap(role, endpoint, name)
+    endpoints = adapter_endpoints(pool, role)
+    await load_everywhere(pool, endpoints, adapter)
+    await pool.swap(role, endpoints[0], adapter.lora_name)
     load_s = time.perf_counter() - started
-    unloaded = await unload_old(client, pool, role, keep=keep, current=adapter.version)
-    return HandOffReport(role=role, adapter=adapter, endpoints=[endpoint], load_s=load_s, unloaded=unloaded)
+    registry = AdapterRegistry(adapter.path.parent.parent)
+    ours = [version.lora_name for version in registry.versions(role)]
+    unloaded = await asyncio.gather(
+        *(unload_old(pool.clients[ep], pool, ours, keep=keep) for ep in endpoints)
+    )
+    pruned = await prune_unloaded(pool, registry, role, keep=keep)
+    return HandOffReport(
+        role=role,
+        adapter=adapter,
+        endpoints=endpoints,
+        load_s=load_s,
+        unloaded={ep: names for ep, names in zip(endpoints, unloaded, strict=True) if names},
+        pruned=pruned,
+    )
+
+
+async def load_everywhere(pool: SwappablePool, endpoints: list[str], adapter: AdapterVersion) -> None:
+    """Load `adapter` into each endpoint that does not list it yet; all or nothing."""
+    name = adapter.lora_name
+    listed = await asyncio.gather(*(pool.clients[ep].list_models() for ep in endpoints))
+    missing = [ep for ep, names in zip(endpoints, listed, strict=True) if name not in names]
+    results = await asyncio.gather(
+        *(pool.clients[ep].load_adapter(name, str(adapter.path)) for ep in missing), return_exceptions=True
+    )
+    failures = [exc for exc in results if isinstance(exc, BaseException)]
+    if not failures:
+        return
+    for ep, result in zip(missing, results, strict=True):
+        if not isinstance(result, BaseException):
+            with contextlib.suppress(EndpointError):  # best effort: the load failure is what gets reported
+                await pool.clients[ep].unload_adapter(name)
+    raise failures[0]
 
 
 async def unload_old(
-    client: Any,
+    client: AdapterClient,
     pool: SwappablePool,
-    role: str,
+    versions: list[str],
     *,
     keep: int,
-    current: int,
-    max_wait_s: float = UNLOAD_MAX_WAIT_S,
+    max_wait_s: float | None = None,
 ) -> list[str]:
-    """Unload this role's versions older than the newest `keep` up to `current` that no role is bound to, once
-    no request uses them any more; a version still busy after `max_wait_s` stays loaded (the next hand-off
-    retries), because a request that resolved it before an earlier swap may still be running. Versions above
-    `current` were not published by this registry (e.g. left by another adapters dir) and are left alone."""
-    loaded = model_names(await client.list_models())
-    versions = sorted(
-        (parsed[1], name)
-        for name in loaded
-        if (parsed := parse_lora_name(name)) and parsed[0] == role and parsed[1] <= current
-    )
+    """Unload the `versions` (a role's, oldest first) that `client` has loaded beyond the newest `keep` and no
+    role is bound to, once no request uses them any more; returns them. A version still busy after
+    `max_wait_s` (default UNLOAD_MAX_WAIT_S) stays loaded (the next hand-off retries), because a request that
+    resolved it before an earlier swap may still be running. Loaded names not in `versions` (another adapters
+    dir's, e.g. another run sharing the server) are left alone."""
+    served = set(await client.list_models())
+    loaded = [name for name in versions if name in served]
     in_use = models_in_use(pool)
-    doomed = [name for _, name in versions[: max(len(versions) - keep, 0)] if name not in in_use]
+    doomed = [name for name in loaded[: max(len(loaded) - keep, 0)] if name not in in_use]
     if not doomed:
         return []
-    idle = await wait_until_idle(client, doomed, max_wait_s=max_wait_s)
+    wait_s = UNLOAD_MAX_WAIT_S if max_wait_s is None else max_wait_s
+    idle = await wait_until_idle(client, doomed, max_wait_s=wait_s)
     for name in idle:
         await client.unload_adapter(name)
     return idle
 
 
-async def busy_adapters(client: Any) -> set[str] | None:
+async def prune_unloaded(
+    pool: SwappablePool, registry: AdapterRegistry, role: str, *, keep: int
+) -> list[str]:
+    """Delete from `registry` the role's versions beyond `keep` that no endpoint of the pool has loaded and no
+    role is bound to; returns their names."""
+    listed = await asyncio.gather(*(client.list_models() for client in pool.clients.values()))
+    protect = models_in_use(pool).union(*listed)
+    return [version.lora_name for version in registry.prune(role, keep, protect=protect)]
+
+
+async def busy_adapters(client: AdapterClient) -> set[str] | None:
     """Adapters with running or waiting requests, from vLLM's `vllm:lora_requests_info` gauge (its newest
     sample); None when the endpoint does not say (not vLLM, or metrics unreachable)."""
-    import httpx
-
     try:
-        async with httpx.AsyncClient(timeout=10.0) as http:
-            response = await http.get(f"{client.server_url}/metrics")
-            response.raise_for_status()
-    except (httpx.HTTPError, AttributeError):
+        families = list(text_string_to_metric_families(await client.metrics()))
+    except (EndpointError, ValueError):  # unreachable, or not Prometheus text
         return None
     newest: tuple[float, set[str]] | None = None
-    for line in response.text.splitlines():
-        if not line.startswith("vllm:lora_requests_info{"):
-            continue
-        labels, _, value = line.rpartition(" ")
-        names: set[str] = set()
-        for key in ("running_lora_adapters", "waiting_lora_adapters"):
-            match = re.search(key + r'="([^"]*)"', labels)
-            if match:
-                names.update(n for n in match.group(1).split(",") if n)
-        stamp = float(value)
-        if newest is None or stamp >= newest[0]:
-            newest = (stamp, names)
+    for sample in (s for family in families if family.name == LORA_INFO for s in family.samples):
+        names = {
+            name
+            for key in ("running_lora_adapters", "waiting_lora_adapters")
+            for name in sample.labels.get(key, "").split(",")
+            if name
+        }
+        if newest is None or sample.value >= newest[0]:
+            newest = (sample.value, names)
     return None if newest is None else newest[1]
 
 
-async def wait_until_idle(client: Any, names: list[str], *, max_wait_s: float) -> list[str]:
+async def wait_until_idle(client: AdapterClient, names: list[str], *, max_wait_s: float) -> list[str]:
     """The `names` that no request used over IDLE_POLLS consecutive polls (within `max_wait_s`)."""
     deadline = time.monotonic() + max_wait_s
     quiet_polls = 0
@@ -191,17 +226,3 @@ async def wait_until_idle(client: Any, names: list[str], *, max_wait_s: float) -
         if quiet_polls >= IDLE_POLLS or time.monotonic() >= deadline:
             return [name for name in names if name not in busy]
         await asyncio.sleep(IDLE_POLL_S)
-
-
-async def publish_and_hand_off(
-    pool: SwappablePool,
-    role: str,
-    trained_dir: Path,
-    *,
-    registry: AdapterRegistry | None = None,
-    keep: int = 2,
-) -> HandOffReport:
-    """Publish a trained adapter dir as the role's next version and hand it off."""
-    registry = registry or AdapterRegistry()
-    adapter = registry.publish(role, trained_dir)
-    return await hand_off(pool, role, adapter, keep=keep)

@@ -17,7 +17,7 @@ from typing import Any
 
 from rolegraph.environments.pyparse import parse_module
 from rolegraph.environments.sandbox.base import MISBEHAVED, Backend, ExecResult, Limits, Status
-from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, start_worker
+from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, WorkerTimeout, start_worker
 from rolegraph.environments.sandbox.selection import resolve_backend
 from rolegraph.errors import SandboxError
 
@@ -282,11 +282,10 @@ class SandboxPool:
         try:
             reply = worker.request(job.payload(limits), timeout=limits.timeout_s + HOST_GRACE_S)
         except WorkerGone as exc:
+            status = Status.TIMEOUT if isinstance(exc, WorkerTimeout) else Status.SANDBOX_ERROR
             result = ExecResult.sandbox_failure(
-                f"the sandbox worker stopped answering: {exc}", self.backend.name
+                f"the sandbox worker stopped answering: {exc}", self.backend.name, status
             )
-            if "in time" in str(exc):
-                result.status = Status.TIMEOUT
         else:
             result = ExecResult.from_reply(reply, self.backend.name)
             reusable = result.status not in MISBEHAVED and not reply.get("dirty", False)

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
+import psutil
+
 from rolegraph.environments.sandbox.base import Backend, Channel, Limits
 from rolegraph.errors import SandboxError
 
@@ -66,6 +68,10 @@ def make_channel(mount: str, owner: int | None) -> Channel:
 
 class WorkerGone(Exception):
     """The worker closed its pipe or did not answer in time; it must be destroyed."""
+
+
+class WorkerTimeout(WorkerGone):
+    """The worker did not answer in time (it still runs: a program that outlived every limit)."""
 
 
 class WorkerProcess:
@@ -186,7 +192,8 @@ class WorkerProcess:
         return None
 
     def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one request and wait for its reply; raises WorkerGone on EOF or when `timeout` passes."""
+        """Send one request and wait for its reply; raises WorkerGone on EOF, WorkerTimeout when `timeout`
+        passes."""
         with self._lock:
             if self.destroyed or self.proc.stdin is None:
                 raise WorkerGone("worker already destroyed")
@@ -212,7 +219,7 @@ class WorkerProcess:
                 return line
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WorkerGone("no answer in time")
+                raise WorkerTimeout("no answer in time")
             if not self._selector.select(remaining):
                 continue
             try:
@@ -272,15 +279,11 @@ class WorkerProcess:
 
 
 def _children(pid: int) -> list[int]:
-    """Direct children of a host process (from /proc), e.g. the PID 1 that bwrap started."""
-    found: list[int] = []
+    """Direct children of a host process, e.g. the PID 1 that bwrap started."""
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                found += [int(x) for x in handle.read().split()]
-    except (OSError, ValueError):
-        pass
-    return found
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def start_worker(backend: Backend, limits: Limits, worker_config: dict[str, Any]) -> WorkerProcess:

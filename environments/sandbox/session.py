@@ -7,7 +7,7 @@ import sys
 from types import TracebackType
 
 from rolegraph.environments.sandbox.base import Backend, ExecResult, Limits, Status
-from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, start_worker
+from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, WorkerTimeout, start_worker
 from rolegraph.environments.sandbox.selection import resolve_backend
 from rolegraph.errors import SandboxError
 
@@ -66,8 +66,6 @@ class Session:
             Status.SANDBOX_ERROR,
         ):
             self.close(result.error or str(result.status))
-        elif self.closed_reason is None and result.error and "session was closed" in result.error:
-            self.close(result.error)
         return result
 
     async def arun_cell(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
@@ -78,9 +76,12 @@ class Session:
             reply = self.worker.request(payload, timeout=limits.timeout_s + HOST_GRACE_S)
         except WorkerGone as exc:
             self.close(f"the sandbox worker stopped answering: {exc}")
-            status = Status.TIMEOUT if "in time" in str(exc) else Status.SANDBOX_ERROR
+            status = Status.TIMEOUT if isinstance(exc, WorkerTimeout) else Status.SANDBOX_ERROR
             return ExecResult.sandbox_failure(self.closed_reason or str(exc), self.backend.name, status)
-        return ExecResult.from_reply(reply, self.backend.name)
+        result = ExecResult.from_reply(reply, self.backend.name)
+        if reply.get("closed"):  # the worker killed the kernel (a cell hung, flooded or killed it)
+            self.close(result.error or str(result.status))
+        return result
 
     def close(self, reason: str = "closed") -> None:
         """Destroy the session's sandbox. Idempotent."""

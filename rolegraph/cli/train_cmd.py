@@ -415,7 +415,7 @@ def list_adapters(config: Path | None = ConfigOpt, role: list[str] = RoleOpt) ->
     """Published adapter versions, and which endpoints have each loaded (from each endpoint's /v1/models)."""
     from rolegraph.config import load_config
     from rolegraph.serving import Client
-    from rolegraph.trainers.registry import AdapterRegistry
+    from rolegraph.trainers.registry import AdapterRegistry, parse_lora_name
 
     registry = AdapterRegistry()
     cfg = load_config(config, role)
@@ -441,7 +441,7 @@ def list_adapters(config: Path | None = ConfigOpt, role: list[str] = RoleOpt) ->
             table.add_row(version.lora_name, str(version.path), ", ".join(where) or "-")
     for ep, models in served.items():
         for model_name in models:
-            if model_name not in names and "-v" in model_name:
+            if model_name not in names and parse_lora_name(model_name) is not None:
                 table.add_row(model_name, "(not in this adapters dir)", ep)
     console.print(table)
 

@@ -1,7 +1,8 @@
 """The async client for one OpenAI-compatible (vLLM) endpoint: a concurrency limit, retries and timeouts.
 
 Retries (exponential backoff with jitter) cover connection errors, HTTP 429 and 5xx only; anything else is the
-caller's mistake and fails at once. Every failure reaches the caller as a one-line RolegraphError.
+caller's mistake and fails at once. Every failure reaches the caller as a one-line, typed RolegraphError:
+EndpointDownError, EndpointTimeoutError, RequestRejectedError or ModelNotFoundError.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rolegraph.config import SamplingParams
-from rolegraph.errors import EndpointError, ModelNotFoundError
+from rolegraph.errors import (
+    EndpointDownError,
+    EndpointError,
+    EndpointTimeoutError,
+    ModelNotFoundError,
+    RequestRejectedError,
+)
 from rolegraph.serving.types import CallResult, Choice, Usage
 
 T = TypeVar("T")
 Message = dict[str, Any]
 
 SERVE_HINT = "is the server running? start it with `rolegraph serve`"
-REJECTED = "rejected the request"
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -184,9 +190,31 @@ class Client:
         return await self._score_ids(prompt_ids, continuation, model=model)
 
     async def score_chat(self, messages: Sequence[Message], continuation: str, *, model: str) -> float:
-        """log p(continuation | chat template applied to messages, with the assistant turn opened)."""
-        prompt_ids = await self.tokenize_chat(messages, model=model)
-        return await self._score_ids(prompt_ids, continuation, model=model)
+        """log p(continuation | messages) in the context a role samples it in: continuing the final assistant
+        message when the chat ends with one (a prefill), else in a newly opened assistant turn."""
+        prompt_ids, continuation_ids = await self.chat_continuation_ids(messages, continuation, model=model)
+        return float(sum(await self.token_logprobs(prompt_ids, continuation_ids, model=model)))
+
+    async def chat_continuation_ids(
+        self, messages: Sequence[Message], continuation: str, *, model: str
+    ) -> tuple[list[int], list[int]]:
+        """(prompt ids, continuation ids): the prompt as the model samples after it (see `score_chat`), and
+        the continuation tokenized in that context, i.e. the ids the model would have produced."""
+        prefilled = bool(messages) and messages[-1].get("role") == "assistant"
+        if prefilled:
+            last = messages[-1]
+            full = [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{continuation}"}]
+        else:
+            full = [*messages, {"role": "assistant", "content": continuation}]
+        prompt_ids, full_ids = await asyncio.gather(
+            self.tokenize_chat(messages, model=model, continue_final_message=prefilled),
+            self.tokenize_chat(full, model=model, continue_final_message=True),
+        )
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            return prompt_ids, full_ids[len(prompt_ids) :]
+        # The continuation's first characters merged with the prompt's last token: the model, which samples
+        # after exactly the prompt's ids, starts a fresh token there.
+        return prompt_ids, await self.tokenize(continuation, model=model, add_special_tokens=False)
 
     async def token_logprobs(
         self, prompt_ids: list[int], continuation_ids: list[int], *, model: str
@@ -222,22 +250,26 @@ class Client:
         data = await self._post_json("/tokenize", body, model=model)
         return [int(t) for t in data["tokens"]]
 
-    async def tokenize_chat(self, messages: Sequence[Message], *, model: str) -> list[int]:
-        """Token ids of the chat template applied to `messages`, ending with the opened assistant turn."""
+    async def tokenize_chat(
+        self, messages: Sequence[Message], *, model: str, continue_final_message: bool = False
+    ) -> list[int]:
+        """Token ids of the chat template applied to `messages`, ending with an opened assistant turn, or
+        (`continue_final_message`) with the final message left open for the model to continue."""
         body = {
             "model": model,
             "messages": list(messages),
-            "add_generation_prompt": True,
+            "add_generation_prompt": not continue_final_message,
+            "continue_final_message": continue_final_message,
             "add_special_tokens": False,
         }
         data = await self._post_json("/tokenize", body, model=model)
         return [int(t) for t in data["tokens"]]
 
-    # --- models and adapters ----------------------------------------------------------------------------
+    # --- models, adapters and metrics ------------------------------------------------------------------
 
     async def model_cards(self) -> list[dict[str, Any]]:
         """The raw `/v1/models` entries; LoRA adapters carry `parent` = their base model."""
-        data = await self._get_json("/v1/models")
+        data = (await self._get("/v1/models")).json()
         return list(data.get("data", []))
 
     async def list_models(self) -> list[str]:
@@ -252,12 +284,11 @@ class Client:
                 return str(card["id"])
         raise EndpointError(f"endpoint '{self.name}' at {self.base_url} serves no base model", SERVE_HINT)
 
-    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
-        """Hot-load a LoRA adapter directory as `name` (`replace=True` reloads an existing name in place)."""
-        body = {"lora_name": name, "lora_path": str(path), "load_inplace": replace}
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Hot-load a LoRA adapter directory as `name`. Never in place: a loaded name keeps its weights."""
         await self._post_json(
             "/v1/load_lora_adapter",
-            body,
+            {"lora_name": name, "lora_path": str(path)},
             model=None,
             action=f"load adapter '{name}' from {path}",
             hint="pass a PEFT adapter directory (adapter_config.json) to a server launched with enable_lora",
@@ -272,6 +303,10 @@ class Client:
             action=f"unload adapter '{name}'",
             hint="unload one of the adapters `rolegraph endpoints status` lists",
         )
+
+    async def metrics(self) -> str:
+        """The server's Prometheus metrics, as exposition text (vLLM's `/metrics`)."""
+        return (await self._get("/metrics")).text
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
@@ -296,14 +331,14 @@ class Client:
             reraise=True,
         )
 
-    async def _get_json(self, path: str) -> dict[str, Any]:
+    async def _get(self, path: str) -> httpx2.Response:
         async def get() -> httpx2.Response:
             response = await self._http.get(self.server_url + path, headers=self._headers)
             response.raise_for_status()
             return response
 
         response, _ = await self._call(get, model=None)
-        return dict(response.json())
+        return response
 
     async def _post_json(
         self,
@@ -322,54 +357,55 @@ class Client:
         try:
             response, _ = await self._call(post, model=model)
         except EndpointError as exc:
-            if action is not None:
-                # The server answered, so the request (not the server) is what is wrong.
-                rejected = REJECTED in exc.message
-                raise EndpointError(
-                    f"could not {action}: {exc.message}", (rejected and hint) or exc.hint
-                ) from None
-            raise
+            if action is None:
+                raise
+            # A rejected request is the caller's to fix (`hint`); a failed server keeps the server's hint.
+            fix = hint if isinstance(exc, RequestRejectedError) else exc.hint
+            raise type(exc)(f"could not {action}: {exc.message}", fix) from None
         try:
             return dict(response.json())
         except ValueError:
             return {"text": response.text}
 
     async def _translate(self, exc: Exception, model: str | None) -> Exception:
-        """Turn a failed request into a one-line EndpointError or ModelNotFoundError."""
+        """Turn a failed request into a one-line, typed RolegraphError."""
         where = f"endpoint '{self.name}' at {self.base_url}"
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-            return EndpointError(
+            return EndpointTimeoutError(
                 f"{where} did not answer within {self.timeout_s:.0f} s",
                 "raise the endpoint's timeout_s, lower max_tokens, or check the server load",
             )
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-            return EndpointError(
+            return EndpointDownError(
                 f"{where} is unreachable after {self.max_retries + 1} attempts ({_reason(exc)})", SERVE_HINT
             )
         status = _status_of(exc)
         if status is None:
             return exc
         detail = _server_message(exc)
-        if status == 404 and model is not None and "does not exist" in detail:
-            served = await self._served_names()
-            return ModelNotFoundError(
-                f"{where} does not serve model '{model}' (it serves: {served})",
-                "bind the role to one of the served models, or load the adapter first",
-            )
         if status == 429 or status >= 500:
-            return EndpointError(
+            return EndpointDownError(
                 f"{where} answered HTTP {status} after {self.max_retries + 1} attempts: {detail}", SERVE_HINT
             )
-        return EndpointError(
-            f"{where} {REJECTED} (HTTP {status}): {detail}",
+        if status == 404 and model is not None:
+            served = await self._served_models()
+            # An empty or failed listing proves nothing (some servers list nothing): it stays a rejection.
+            if served and model not in served:
+                return ModelNotFoundError(
+                    f"{where} does not serve model '{model}' (it serves: {', '.join(served)})",
+                    "bind the role to one of the served models, or load the adapter first",
+                )
+        return RequestRejectedError(
+            f"{where} rejected the request (HTTP {status}): {detail}",
             "check the request: prompt length against max_model_len, sampling parameters, adapter paths",
         )
 
-    async def _served_names(self) -> str:
+    async def _served_models(self) -> list[str]:
+        """What the endpoint serves, or [] when even listing fails (a failure is being reported already)."""
         try:
-            return ", ".join(await self.list_models()) or "nothing"
+            return await self.list_models()
         except Exception:
-            return "unknown (listing models failed too)"
+            return []
 
 
 def _extra(obj: Any, name: str) -> Any:

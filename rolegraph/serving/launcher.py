@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
+import psutil
 from rich.console import Console
 
 from rolegraph import paths
@@ -228,7 +229,7 @@ def wait_until_ready(
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     label = f"starting vLLM '{state.endpoint}' ({state.model}) on port {state.port}"
-    with console.status(label) as status, httpx.Client(timeout=5.0) as http:
+    with console.status(label) as status, httpx2.Client(timeout=5.0) as http:
         while True:
             if cancel is not None and cancel.is_set():
                 raise EndpointError(f"start-up of vLLM server '{state.endpoint}' was cancelled", None)
@@ -255,13 +256,13 @@ def wait_until_ready(
             time.sleep(0.5)
 
 
-def _serves(http: httpx.Client, root: str, model: str) -> bool:
+def _serves(http: httpx2.Client, root: str, model: str) -> bool:
     try:
         if http.get(f"{root}/health").status_code != 200:
             return False
         listed = http.get(f"{root}/v1/models")
         return listed.status_code == 200 and any(m.get("id") == model for m in listed.json().get("data", []))
-    except (httpx.HTTPError, ValueError):
+    except (httpx2.HTTPError, ValueError):
         return False
 
 
@@ -271,7 +272,7 @@ def find_server(endpoint: str, digest: str) -> ServerState | None:
     state = _read_state(path)
     if state is None:
         return None
-    with httpx.Client(timeout=5.0) as http:
+    with httpx2.Client(timeout=5.0) as http:
         healthy = _pid_alive(state.pid) and _serves(http, state.base_url.removesuffix("/v1"), state.model)
     if not healthy:
         path.unlink(missing_ok=True)
@@ -309,20 +310,10 @@ def _group_alive(pgid: int, process: subprocess.Popen[bytes] | None) -> bool:
     """Whether any member of the process group still runs (zombies, awaiting a reaper, do not count)."""
     if process is not None and process.poll() is None:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
+    for member in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if member.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(member.pid) == pgid:
+                return True
     return False
 
 
@@ -353,12 +344,11 @@ def _pick_port(host: str, port: int | None) -> int:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def _state_path(endpoint: str, digest: str) -> Path:

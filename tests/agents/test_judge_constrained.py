@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +28,7 @@ def test_the_real_server_constrains_the_judge(vllm_server: VLLMServer) -> None:
     variables = {"rationale": "Use the sum rule.", "problem": "What is 2+3?", "concepts": ["addition"]}
     messages = judge.render({**variables, "difficulty": "easy"})
     body = {"model": vllm_server.model, "messages": messages, "max_tokens": 200, **judge.sampling["extra"]}
-    reply = httpx.post(f"{vllm_server.base_url}/chat/completions", json=body, timeout=300)
+    reply = httpx2.post(f"{vllm_server.base_url}/chat/completions", json=body, timeout=300)
     reply.raise_for_status()
     text = reply.json()["choices"][0]["message"]["content"]
     assert re.fullmatch(JUDGE_FORMAT_REGEX, text), text

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from rolegraph.agents.registry import get_role
 from rolegraph.config import RolegraphConfig, SamplingParams
-from rolegraph.errors import ConfigError, EndpointError, ModelNotFoundError
+from rolegraph.errors import ConfigError, ModelNotFoundError, RequestRejectedError
 from rolegraph.serving import Client, EndpointPool
 from tests.fixtures.serving import VLLMServer
 
@@ -76,6 +77,37 @@ async def test_score_chat_scores_after_the_assistant_prompt(vllm_server: VLLMSer
     assert right == pytest.approx(sum(per_token), abs=1e-4) and len(per_token) == len(c_ids)
 
 
+async def test_score_chat_is_what_the_prefilled_proposer_sampled(vllm_server: VLLMServer) -> None:
+    """PromptCoT 2.0's E-step reward: z,x are scored in the very context the proposer samples them in (its
+    prefilled assistant turn, continued), so the score equals the sum of the sampled tokens' logprobs."""
+    role = get_role("proposer")
+    concepts = ["modular arithmetic", "prime factorization"]
+    messages = role.render({"concepts": concepts, "difficulty": "AMC 10"})
+    assert messages[-1]["role"] == "assistant" and role.sampling["extra"]["continue_final_message"]
+    sampling = SamplingParams.model_validate(role.sampling).merged(
+        temperature=1.0, max_tokens=16, n=8, logprobs=True, seed=11
+    )
+    checked = 0
+    async with Client("t", vllm_server.base_url) as client:
+        result = await client.chat(messages, model=vllm_server.model, sampling=sampling)
+        for choice in result.choices:
+            if choice.finish_reason != "length":
+                continue  # it ends with an end-of-turn token, which its text leaves out
+            assert choice.logprobs is not None and choice.token_ids
+            prompt_ids, ids = await client.chat_continuation_ids(
+                messages, choice.text, model=vllm_server.model
+            )
+            assert prompt_ids == result.prompt_token_ids  # scored in the context it was sampled in
+            # At temperature 1 a few samples are non-canonical tokenizations of their text; a text cannot tell
+            # those tokens from the canonical ones, which are scored instead.
+            if ids != choice.token_ids:
+                continue
+            score = await client.score_chat(messages, choice.text, model=vllm_server.model)
+            assert score == pytest.approx(sum(choice.logprobs), abs=0.05, rel=1e-2)
+            checked += 1
+    assert checked >= 1
+
+
 class CountingTransport(httpx2.AsyncHTTPTransport):
     """Counts requests in flight on the wire."""
 
@@ -117,7 +149,7 @@ async def test_an_unserved_model_lists_what_is_served(vllm_server: VLLMServer) -
 
 async def test_a_rejected_request_is_one_line_and_not_retried(vllm_server: VLLMServer) -> None:
     async with Client("t", vllm_server.base_url) as client:
-        with pytest.raises(EndpointError, match="HTTP 400") as info:
+        with pytest.raises(RequestRejectedError, match="HTTP 400") as info:
             await client.chat(QUESTION, model=vllm_server.model, sampling=SamplingParams(max_tokens=100_000))
     assert "max_tokens" in str(info.value) and "\n" not in str(info.value)
 
@@ -180,9 +212,9 @@ async def test_hot_load_swap_and_unload_an_adapter(rg_config: RolegraphConfig, r
                 QUESTION, model=name, sampling=SamplingParams(max_tokens=4, temperature=0)
             )
             assert result.model == name and result.choices[0].token_ids
-            with pytest.raises(EndpointError, match="already been loaded"):
+            # A loaded name is never reloaded (in place or not): its weights stay what it was loaded with.
+            with pytest.raises(RequestRejectedError, match="could not load adapter"):
                 await client.load_adapter(name, str(random_adapter))
-            await client.load_adapter(name, str(random_adapter), replace=True)
         finally:
             await client.unload_adapter(name)
         assert name not in await client.list_models()

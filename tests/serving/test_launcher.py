@@ -18,7 +18,7 @@ import pytest
 
 from rolegraph import paths
 from rolegraph.config import EndpointConfig, LaunchSpec, RoleBinding, RolegraphConfig, SamplingParams
-from rolegraph.errors import EndpointError
+from rolegraph.errors import EndpointDownError, EndpointError
 from rolegraph.serving import EndpointPool, launch_server
 from rolegraph.serving.launcher import _group_alive, _pick_port, running_servers, stop_process_group
 
@@ -95,9 +95,9 @@ async def test_killed_mid_run_gives_endpoint_error_then_works_after_restart(
         os.killpg(handle.state.pid, signal.SIGKILL)  # the server dies with requests in flight
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
-        assert errors and all(isinstance(e, EndpointError) for e in errors)
+        assert errors and all(isinstance(e, EndpointDownError) for e in errors)
 
-        with pytest.raises(EndpointError) as info:
+        with pytest.raises(EndpointDownError) as info:
             await client.chat(QUESTION, model=model, sampling=sampling)
         message = str(info.value)
         assert f"127.0.0.1:{spec.port}/v1" in message and "rolegraph serve" in message and "\n" not in message

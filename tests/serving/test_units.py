@@ -1,4 +1,5 @@
-"""Serving units without a vLLM server: retry rules (fake transport), commands, ports, model resolution."""
+"""Serving units without a vLLM server: retry rules and typed failures (fake transport), scoring context,
+commands, ports, model resolution."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
 import pytest
 
 from rolegraph.config import LaunchSpec, SamplingParams
-from rolegraph.errors import EndpointError, ModelNotFoundError
+from rolegraph.errors import (
+    EndpointDownError,
+    EndpointError,
+    EndpointTimeoutError,
+    ModelNotFoundError,
+    RequestRejectedError,
+)
 from rolegraph.models import MARKER, prepare, prepare_model, resolve_model
 from rolegraph.serving.client import Client, is_retryable, normalize_base_url
 from rolegraph.serving.launcher import (
@@ -43,10 +51,15 @@ CHAT_OK = {
 }
 
 
+MODELS = {"object": "list", "data": [{"id": "m"}, {"id": "m-lora", "parent": "m"}]}
+
+
 def _fake_client(statuses: list[int], calls: list[int]) -> Client:
-    """A Client whose transport answers the given statuses in turn (then 200)."""
+    """A Client whose transport answers the given statuses in turn (then 200); /v1/models lists MODELS."""
 
     def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/v1/models":
+            return httpx2.Response(200, json=MODELS)
         calls.append(1)
         status = statuses[len(calls) - 1] if len(calls) <= len(statuses) else 200
         if status == 200:
@@ -69,11 +82,11 @@ async def test_retries_429_and_5xx_then_succeeds(status: int) -> None:
     assert result.usage.total_tokens == 5 and result.endpoint == "fake"
 
 
-@pytest.mark.parametrize("status", [400, 401, 422])
-async def test_client_errors_are_not_retried(status: int) -> None:
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+async def test_client_errors_are_rejections_and_not_retried(status: int) -> None:
     calls: list[int] = []
     client = _fake_client([status] * 5, calls)
-    with pytest.raises(EndpointError, match=f"HTTP {status}") as info:
+    with pytest.raises(RequestRejectedError, match=f"HTTP {status}") as info:
         await client.chat([{"role": "user", "content": "x"}], model="m", sampling=SamplingParams())
     assert len(calls) == 1
     assert "\n" not in str(info.value)
@@ -82,7 +95,7 @@ async def test_client_errors_are_not_retried(status: int) -> None:
 async def test_gives_up_after_max_retries_with_a_clear_error() -> None:
     calls: list[int] = []
     client = _fake_client([503] * 10, calls)
-    with pytest.raises(EndpointError, match="HTTP 503 after 4 attempts") as info:
+    with pytest.raises(EndpointDownError, match="HTTP 503 after 4 attempts") as info:
         await client.chat([{"role": "user", "content": "x"}], model="m", sampling=SamplingParams())
     assert len(calls) == 4
     assert "rolegraph serve" in str(info.value)
@@ -94,12 +107,100 @@ async def test_connection_refused_names_the_url_and_the_fix() -> None:
         port = sock.getsockname()[1]
     client = Client("gone", f"http://127.0.0.1:{port}", max_retries=2, backoff_s=0.01, max_backoff_s=0.02)
     started = time.monotonic()
-    with pytest.raises(EndpointError) as info:
+    with pytest.raises(EndpointDownError) as info:
         await client.list_models()
     await client.aclose()
     assert f"127.0.0.1:{port}/v1" in str(info.value) and "rolegraph serve" in str(info.value)
     assert "after 3 attempts" in str(info.value)
     assert time.monotonic() - started < 5
+
+
+async def test_a_404_for_a_model_the_endpoint_does_not_list_is_an_unknown_model() -> None:
+    calls: list[int] = []
+    client = _fake_client([404], calls)
+    with pytest.raises(ModelNotFoundError) as info:
+        await client.chat([{"role": "user", "content": "x"}], model="gone", sampling=SamplingParams())
+    assert "'gone'" in str(info.value) and "it serves: m, m-lora" in str(info.value)
+    assert len(calls) == 1
+
+
+async def test_a_timeout_is_typed_and_not_retried() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(1)
+        raise httpx2.ReadTimeout("slow", request=request)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    client = Client("slow", "http://127.0.0.1:9", timeout_s=7, max_retries=3, http_client=http)
+    with pytest.raises(EndpointTimeoutError, match="did not answer within 7 s"):
+        await client.tokenize("x", model="m")
+    assert len(calls) == 1
+
+
+async def test_adapter_requests_keep_their_type_and_hint_the_right_fix() -> None:
+    client = _fake_client([400], [])
+    with pytest.raises(RequestRejectedError, match="could not load adapter 'a' from /nowhere") as info:
+        await client.load_adapter("a", "/nowhere")
+    assert "adapter_config.json" in (info.value.hint or "")
+    client = _fake_client([503] * 4, [])
+    with pytest.raises(EndpointDownError, match="could not unload adapter 'a'") as down:
+        await client.unload_adapter("a")
+    assert "rolegraph serve" in (down.value.hint or "")
+
+
+def _tokenizing_client(seen: list[dict[str, Any]]) -> Client:
+    """A fake /tokenize with one id per character, except "Rx", which is one token (id 0)."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if "prompt" in body:
+            return httpx2.Response(200, json={"tokens": [ord(c) for c in body["prompt"]]})
+        rendered = "".join(f"<{m['role']}>{m['content']}" for m in body["messages"])
+        if body["add_generation_prompt"]:
+            rendered += "<assistant>"
+        parts = rendered.split("Rx")
+        ids = [ord(c) for c in parts[0]]
+        for part in parts[1:]:
+            ids += [0, *(ord(c) for c in part)]
+        return httpx2.Response(200, json={"tokens": ids})
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    return Client("tok", "http://127.0.0.1:9", http_client=http)
+
+
+async def test_a_prefilled_chat_is_scored_continuing_the_prefill() -> None:
+    seen: list[dict[str, Any]] = []
+    client = _tokenizing_client(seen)
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "## R\n"}]
+    prompt_ids, ids = await client.chat_continuation_ids(chat, "abc", model="m")
+    assert [chr(i) for i in ids] == ["a", "b", "c"]
+    assert "".join(map(chr, prompt_ids)) == "<user>q<assistant>## R\n"  # no closed turn, no new one
+    assert {(b["continue_final_message"], b["add_generation_prompt"]) for b in seen} == {(True, False)}
+    finals = [body["messages"][-1]["content"] for body in seen]
+    assert sorted(finals) == ["## R\n", "## R\nabc"]
+
+
+async def test_a_plain_chat_is_scored_in_an_opened_assistant_turn() -> None:
+    seen: list[dict[str, Any]] = []
+    client = _tokenizing_client(seen)
+    prompt_ids, ids = await client.chat_continuation_ids([{"role": "user", "content": "q"}], "ab", model="m")
+    assert "".join(map(chr, prompt_ids)) == "<user>q<assistant>" and [chr(i) for i in ids] == ["a", "b"]
+    modes = sorted(
+        (len(b["messages"]), b["add_generation_prompt"], b["continue_final_message"]) for b in seen
+    )
+    assert modes == [(1, True, False), (2, False, True)]
+
+
+async def test_a_continuation_merging_into_the_prompt_is_tokenized_on_its_own() -> None:
+    seen: list[dict[str, Any]] = []
+    client = _tokenizing_client(seen)
+    chat = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "R"}]
+    prompt_ids, ids = await client.chat_continuation_ids(chat, "xyz", model="m")
+    assert "".join(map(chr, prompt_ids)) == "<user>question<assistant>R"
+    assert [chr(i) for i in ids] == ["x", "y", "z"]
+    assert seen[-1] == {"model": "m", "prompt": "xyz", "add_special_tokens": False}
 
 
 def test_retry_rules() -> None:
