@@ -1,8 +1,10 @@
-"""Graphs by name (built-in Python graphs, imported lazily, or a YAML spec path) and their `--set` options."""
+"""Graphs by name (built-in Python graphs and plugin graphs, imported lazily, or a YAML spec path) and their
+`--set` options."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,29 @@ BUILTIN: dict[str, str] = {
 """Built-in graph name → `module:attribute` of its GraphDef (imported only when asked for)."""
 
 
+@dataclass(frozen=True)
+class GraphSource:
+    """A graph `rolegraph graph list` shows: its name and where it comes from."""
+
+    name: str
+    source: str
+    """`built-in`, or `plugin DIST VERSION (module:attribute)`."""
+
+
+def graph_sources() -> list[GraphSource]:
+    """Built-in graphs, then plugin graphs (entry point group `rolegraph.graphs`); a built-in name wins."""
+    from rolegraph.graphs.plugins import graph_entries
+
+    sources = [GraphSource(name, "built-in") for name in sorted(BUILTIN)]
+    sources += [
+        GraphSource(name, e.source) for name, e in sorted(graph_entries().items()) if name not in BUILTIN
+    ]
+    return sources
+
+
 def list_graphs() -> list[str]:
-    """Names of the built-in graphs."""
-    return sorted(BUILTIN)
+    """Names of the built-in and plugin graphs."""
+    return [source.name for source in graph_sources()]
 
 
 def is_spec_path(name_or_path: str | Path) -> bool:
@@ -28,13 +50,17 @@ def is_spec_path(name_or_path: str | Path) -> bool:
 
 
 def get_graph(name_or_path: str | Path) -> GraphDef:
-    """A built-in graph by name, or a GraphDef compiled (and validated) from a YAML spec path."""
+    """A built-in or plugin graph by name, or a GraphDef compiled (and validated) from a YAML spec path."""
+    from rolegraph.graphs.plugins import graph_entries, load_graph, register_plugin_roles
     from rolegraph.graphs.spec import compile_spec
 
+    register_plugin_roles()
     if is_spec_path(name_or_path):
         return compile_spec(Path(name_or_path))
     name = str(name_or_path)
     if name not in BUILTIN:
+        if name in graph_entries():
+            return load_graph(name)
         raise ConfigError(
             f"unknown graph '{name}'", f"use one of: {', '.join(list_graphs())}, or a path to a YAML spec"
         )
@@ -49,6 +75,18 @@ def get_graph(name_or_path: str | Path) -> GraphDef:
     if not isinstance(graph, GraphDef):
         raise ConfigError(f"built-in graph '{name}' is not available in this install", "reinstall rolegraph")
     return graph
+
+
+def check_graph(name_or_path: str | Path) -> list[Any]:
+    """Every problem of a spec path, or of the spec behind a named graph (`SpecProblem`s; empty when it can
+    run). A named Python graph has no spec: loading it is its check."""
+    from rolegraph.graphs.spec import load_spec, validate_spec
+
+    if is_spec_path(name_or_path):
+        return validate_spec(load_spec(name_or_path))
+    graph = get_graph(name_or_path)
+    spec = getattr(graph, "spec", None)
+    return validate_spec(spec) if spec is not None else []
 
 
 def check_options(graph: GraphDef, options: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ async def test_example_graph_runs_on_vllm_and_exports_load(
     with Store(tmp_path) as store:
         steps = store.steps()
         assert [s.node for s in steps if s.episode_id == "math500_2"][:2] == ["solve", "critique"]
-        for step in steps:
+        for step in (s for s in steps if s.kind == "role"):
             assert step.error is None and step.endpoint == "local"
             assert step.messages[-1]["role"] == "user" and step.choices[0].text
             assert step.choices[0].token_ids  # vLLM's return_token_ids made it into the store
@@ -48,7 +48,7 @@ async def test_example_graph_runs_on_vllm_and_exports_load(
         assert critic.choices[0].parsed == {"text": critic.choices[0].text.strip()}
         for episode in store.episodes():
             assert episode.final_state is not None and episode.final_state["solution"] is not None
-            assert set(episode.rewards) == {"accepted"}
+            assert set(episode.rewards) == {"correct", "accepted"}
     for fmt in ("raw", "sft", "grpo"):
         out = tmp_path / f"{fmt}.parquet"
         count = export_run(tmp_path, out, fmt=fmt).rows

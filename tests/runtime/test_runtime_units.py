@@ -45,9 +45,10 @@ async def test_episodes_run_with_the_loop_and_record_every_step(tmp_path: Path) 
         assert sorted(e.id for e in episodes) == sorted(["math500_2", "math500_3", "math500_6", "math500_8"])
         for episode in episodes:
             nodes = [s.node for s in store.steps(episode_id=episode.id)]
-            assert nodes == ["solve", "critique", "solve", "critique"]
+            assert nodes == ["solve", "critique", "solve", "critique", "check"]
             assert episode.final_state is not None and episode.final_state["answer"] == "9"
-            assert episode.rewards == {"accepted": 1.0}
+            correct = 1.0 if episode.id == "math500_3" else 0.0  # the reference answer of math500_3 is 9
+            assert episode.rewards == {"correct": correct, "accepted": 1.0}
         critic_step = store.steps(role="critic")[0]
         # role default temperature 0.3 survives; the binding's explicit max_tokens=16 wins over the role's 64
         assert critic_step.sampling["temperature"] == 0.3 and critic_step.sampling["max_tokens"] == 16
@@ -60,8 +61,8 @@ async def test_loop_guard_stops_a_critic_that_never_accepts(tmp_path: Path) -> N
     summary = await run_graph(get_graph(EXAMPLE), pool, RunParams(n=1), tmp_path, progress=False)
     assert summary.kept == 1
     with Store(tmp_path) as store:
-        assert [s.node for s in store.steps()] == ["solve", "critique", "solve", "critique"]
-        assert store.episodes()[0].rewards == {"accepted": 0.0}
+        assert [s.node for s in store.steps()] == ["solve", "critique", "solve", "critique", "check"]
+        assert store.episodes()[0].rewards == {"correct": 0.0, "accepted": 0.0}
 
 
 async def test_rerun_skips_finished_episodes(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ async def test_unfinished_episode_resumes_from_its_last_node(tmp_path: Path) -> 
     with Store(tmp_path) as store:
         for episode in store.episodes():
             assert episode.attempts == 2
-            assert [s.node for s in store.steps(episode_id=episode.id)] == ["solve", "critique"]
+            assert [s.node for s in store.steps(episode_id=episode.id)] == ["solve", "critique", "check"]
 
 
 async def test_endpoint_down_stops_the_run_and_a_rerun_completes_it(tmp_path: Path) -> None:
@@ -127,6 +128,7 @@ async def test_endpoint_down_stops_the_run_and_a_rerun_completes_it(tmp_path: Pa
     with Store(tmp_path) as store:
         # the failed attempts' steps are superseded, so readers see one clean pass per episode
         assert all(
-            [s.node for s in store.steps(episode_id=e.id)] == ["solve", "critique"] for e in store.episodes()
+            [s.node for s in store.steps(episode_id=e.id)] == ["solve", "critique", "check"]
+            for e in store.episodes()
         )
         assert len(store.steps(include_superseded=True)) > len(store.steps())
