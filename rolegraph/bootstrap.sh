@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-# python3-numpy and python3-sympy serve the bwrap sandbox, which runs the system Python.
-SYSTEM_PACKAGES=(docker.io bubblewrap mmdebstrap python3-numpy python3-sympy)
+# python3-numpy and python3-sympy serve the bwrap sandbox, which runs the system Python; chromium drives the
+# studio's browser tests.
+SYSTEM_PACKAGES=(docker.io bubblewrap mmdebstrap python3-numpy python3-sympy chromium chromium-driver)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

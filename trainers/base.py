@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -79,23 +80,51 @@ def train_lora(
     started: float,
     *,
     padding_side: str | None = None,
+    init_adapter: Path | None = None,
     **trainer_kwargs: Any,
 ) -> TrainResult:
-    """Build a TRL trainer (SFT, DPO, GRPO) for a LoRA on the base model, train it and save the adapter."""
+    """Build a TRL trainer (SFT, DPO, GRPO) for a LoRA on the base model, train it and save the adapter.
+
+    With `init_adapter` (a saved LoRA of the same base) training continues from that adapter instead of a
+    fresh LoRA; the result's hyper-parameters record it.
+    """
     from rolegraph.trainers.lora import lora_config
 
+    if init_adapter is not None:
+        check_adapter_dir(Path(init_adapter))  # before the slow model load
     model, tokenizer = load_base(settings)
     if padding_side is not None:
         tokenizer.padding_side = padding_side
+    if init_adapter is None:
+        trainer_kwargs["peft_config"] = lora_config(settings.lora)
+    else:
+        model = load_adapter(model, Path(init_adapter))
     trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings.lora),
-        **trainer_kwargs,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs
     )
-    return run_trainer(trainer, settings, output_dir, len(dataset), started)
+    result = run_trainer(trainer, settings, output_dir, len(dataset), started)
+    hyperparameters = {
+        **result.hyperparameters,
+        "init_adapter": None if init_adapter is None else str(init_adapter),
+    }
+    return dataclasses.replace(result, hyperparameters=hyperparameters)
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """A TrainingError naming `adapter_dir` unless it holds a saved LoRA adapter."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TrainingError(
+            f"adapter directory '{adapter_dir}' holds no adapter (no adapter_config.json)",
+            "pass the directory of a published adapter (rolegraph adapters list)",
+        )
+
+
+def load_adapter(model: Any, adapter_dir: Path) -> Any:
+    """`model` with the trainable LoRA saved in `adapter_dir` on top."""
+    from peft import PeftModel
+
+    check_adapter_dir(adapter_dir)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
 def run_trainer(

@@ -1,33 +1,48 @@
-"""PromptCoT 2.0's EM loop: a rationale model q(z|c,x) and a problem model p(z,x|c), two LoRA adapters
-on one base.
+"""PromptCoT 2.0's EM loop: a rationale model q(z|c,x) and a problem model p(z,x|c), two LoRA adapters on
+one base, trained in turn. Every model call is a graph run on the runtime (rolegraph.graphs.em):
 
-E-step: sample k rationales per seed from q, score each by log p(z,x|c) under p (one scoring call of the
-proposer's output format "## Rationale z ## Problem x"), keep the best, SFT q on the kept ones.
-M-step: decode rationales greedily from the updated q, SFT p on (c → z, x). Both adapters are handed off each
-iteration. Every generation and scoring call is recorded in the run's store; training rows are read from it.
+    RUN_DIR/concepts    em_concepts: c for seeds that have none (once)
+    RUN_DIR/itN/e       E-step: k rationales per seed from q, scored by log p(z,x|c) under p, argmax selected
+                        → SFT q on the selected (c, x) → z rows, hand-off
+    RUN_DIR/itN/m       M-step: z* decoded greedily from the new q, log p(x|z*,c) under p
+                        → SFT p on c → prefill + z* + x rows, hand-off
+    RUN_DIR/itN/after   log p(x|z*,c) under the new p
+
+RUN_DIR's own store (graph "em") keeps the training records; each says which iteration and role it trained
+and which adapter it started from. Re-running RUN_DIR resumes: graph runs skip finished episodes, trained
+adapters are not trained again, and finished iterations are followed by the next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Awaitable, Callable, Sequence
+import dataclasses
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from rolegraph.errors import TrainingError
+from rolegraph.graphs.base import GraphDef, RunParams
+from rolegraph.graphs.em.graph import EM_CONCEPTS, EM_E, EM_M, EM_SCORE
+from rolegraph.graphs.em.state import P_ROLE, Q_ROLE, proposal_continuation
+from rolegraph.graphs.runtime import run_graph
 from rolegraph.store import Store
-from rolegraph.trainers.calls import Recorder
+from rolegraph.store.records import Step, TrainingRunRecord
 from rolegraph.trainers.config import SFTSettings
 from rolegraph.trainers.data import jsonl_values
 from rolegraph.trainers.handoff import hand_off
 from rolegraph.trainers.recording import record_training
-from rolegraph.trainers.registry import AdapterRegistry
+from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion
 from rolegraph.trainers.sft import train_sft
 
-Q_ROLE = "rationale_writer"
-P_ROLE = "proposer"
+GRAPH = "em"
+"""The graph name of the training run's own store (`rolegraph runs show` renders it with render_em_report)."""
+__all__ = ["P_ROLE", "Q_ROLE", "EMLoop", "EMSettings", "IterationReport", "iteration_reports"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,10 @@ class Seed:
     id: str
     problem: str
     concepts: tuple[str, ...] = ()
-    answer: str | None = None
+
+    def option(self, **extra: Any) -> dict[str, Any]:
+        """The seed as an episode input of the EM graphs."""
+        return {"id": self.id, "problem": self.problem, "concepts": list(self.concepts), **extra}
 
 
 @dataclass
@@ -55,24 +73,54 @@ class EMSettings:
     difficulty: str = "competition"
     concepts_k: int = 3
     keep: int = 2
+    from_scratch: bool = False
+    """Train each iteration's adapters from the base model instead of continuing the previous ones."""
+    concurrency: int = 8
+    prompts_dir: Path | None = None
     sft: SFTSettings = field(default_factory=SFTSettings)
+
+    def graph_options(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "difficulty": self.difficulty,
+            "concepts_k": self.concepts_k,
+        }
 
 
 @dataclass
 class IterationReport:
-    """Per-iteration figures: mean best log p(z,x|c), and mean log p(x|c,z*) before and after the M-step."""
+    """One iteration's figures, read back from the run dir (None where that phase has not finished)."""
 
     iteration: int
-    mean_best_reward: float
-    mean_log_p_x_before: float
-    mean_log_p_x_after: float
-    q_adapter: str
-    p_adapter: str
+    mean_best_reward: float | None
+    """Mean over seeds of the selected rationale's log p(z,x|c)."""
+    mean_log_p_x_before: float | None
+    """Mean log p(x|z*,c) under p before the M-step."""
+    mean_log_p_x_after: float | None
+    q_adapter: str | None
+    p_adapter: str | None
+    q_started_from: str | None = None
+    """The adapter q's training continued from (None: the base model)."""
+    p_started_from: str | None = None
     selected: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class IterationDirs:
+    e: Path
+    m: Path
+    after: Path
+
+
+def iteration_dirs(run_dir: Path, iteration: int) -> IterationDirs:
+    base = Path(run_dir) / f"it{iteration}"
+    return IterationDirs(e=base / "e", m=base / "m", after=base / "after")
+
+
 def load_seeds(path: Path, limit: int) -> list[Seed]:
-    """Seeds from a JSONL of problems (math500_dev.jsonl's format; `concepts` optional)."""
+    """Seeds from a JSONL of problems (math500_dev.jsonl's format; `id` and `concepts` optional)."""
     if not Path(path).is_file():
         raise TrainingError(
             f"seed file {path} does not exist", "pass a JSONL of problems, e.g. math500_dev.jsonl"
@@ -89,7 +137,6 @@ def load_seeds(path: Path, limit: int) -> list[Seed]:
                 id=str(row.get("id", f"seed{number}")),
                 problem=str(row["problem"]),
                 concepts=tuple(str(c) for c in concepts),
-                answer=None if row.get("answer") is None else str(row["answer"]),
             )
         )
         if len(seeds) >= limit:
@@ -99,255 +146,308 @@ def load_seeds(path: Path, limit: int) -> list[Seed]:
     return seeds
 
 
-def proposal_text(rationale: str, problem: str) -> str:
-    """z and x in the proposer's output format, so log p(z,x|c) is one continuation."""
-    return f"## Rationale\n{rationale.strip()}\n## Problem\n{problem.strip()}"
+# --- training rows, read back from the graph runs' stores --------------------------------------------------
+def q_rows(e_dir: Path) -> list[dict[str, Any]]:
+    """q's rows: the E-step's sampling prompt → each selected rationale, as q wrote it."""
+    rows = []
+    with Store(e_dir, create=False) as store:
+        for step in store.steps(kind="role", finished_only=True):
+            if step.node != "e_sample":
+                continue
+            for choice, rewards in zip(step.choices, step.rewards, strict=False):
+                if rewards.get("selected") == 1.0:
+                    rows.append(
+                        {
+                            "prompt": step.messages,
+                            "completion": [{"role": "assistant", "content": choice.text}],
+                        }
+                    )
+    return rows
 
 
-def problem_prefix(rationale: str) -> str:
-    """The part of `proposal_text` before x: log p(x|c,z) = score(full) − score(prefix)."""
-    return f"## Rationale\n{rationale.strip()}\n## Problem\n"
+def p_row(step: Step) -> dict[str, Any]:
+    """A scoring step of log p(z,x|c) as an SFT row for p: prompt = c (the proposer's messages without the
+    assistant prefill), completion = prefill + z + x, so p learns exactly what was scored."""
+    messages = list(step.messages)
+    prefill = ""
+    if messages and messages[-1]["role"] == "assistant":
+        prefill = messages.pop()["content"]
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": prefill + step.texts[0]}]}
 
 
-def argmax(scores: Sequence[float]) -> int:
-    """Index of the best score (first on ties); NaN never wins."""
-    if not scores:
-        raise TrainingError("no candidates to select from", "sample at least one rationale (k ≥ 1)")
-    best = 0
-    for index, value in enumerate(scores):
-        if not math.isnan(value) and (math.isnan(scores[best]) or value > scores[best]):
-            best = index
-    return best
+def p_rows(m_dir: Path) -> list[dict[str, Any]]:
+    """p's rows: for each finished M-step episode, its log p(z*,x|c) scoring step (not the z* prefix)."""
+    with Store(m_dir, create=False) as store:
+        targets = {
+            e.id: proposal_continuation(e.final_state["rationale"], e.final_state["problem"])
+            for e in store.episodes(status="finished", kept=True)
+            if e.final_state
+        }
+        return [
+            p_row(step)
+            for step in store.steps(kind="role", finished_only=True)
+            if step.node == "m_score" and step.texts == [targets.get(step.episode_id)]
+        ]
 
 
-async def select_candidate(
-    candidates: Sequence[str], score: Callable[[str], Awaitable[float]]
-) -> tuple[int, list[float]]:
-    """Score every candidate and return the argmax index with all scores."""
-    scores = list(await asyncio.gather(*(score(c) for c in candidates)))
-    return argmax(scores), scores
+# --- reading an EM run back ---------------------------------------------------------------------------------
+def _final_states(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Final states of the kept episodes of a graph run ({} when it has not started)."""
+    if not (run_dir / "store.sqlite").is_file():
+        return {}
+    with Store(run_dir, create=False) as store:
+        return {e.id: e.final_state or {} for e in store.episodes(status="finished", kept=True)}
 
 
-def rationale_of(text: str, parsed: dict[str, Any] | None) -> str:
-    """The rationale a q sample carries (parsed when possible, else the raw text)."""
-    if parsed and str(parsed.get("rationale", "")).strip():
-        return str(parsed["rationale"])
-    return text.strip()
+def _finished_ids(run_dir: Path) -> set[str]:
+    """Episodes of a graph run that finished, kept or rejected."""
+    if not (run_dir / "store.sqlite").is_file():
+        return set()
+    with Store(run_dir, create=False) as store:
+        return store.finished_ids()
 
 
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _em_records(store: Store) -> dict[tuple[int, str], TrainingRunRecord]:
+    """(iteration, role) → the training record of that EM adapter."""
+    records = {}
+    for record in store.training_runs():
+        role, iteration = record.hyperparams.get("em_role"), record.hyperparams.get("em_iteration")
+        if role is not None and iteration is not None:
+            records[(int(iteration), str(role))] = record
+    return records
+
+
+def _iterations(run_dir: Path) -> list[int]:
+    numbers = [int(p.name[2:]) for p in Path(run_dir).glob("it*") if p.name[2:].isdigit()]
+    return sorted(numbers)
+
+
+def iteration_reports(run_dir: Path | str) -> list[IterationReport]:
+    """Per-iteration figures of an EM run dir, read from its graph runs' stores and training records."""
+    run_dir = Path(run_dir)
+    with Store(run_dir, create=False) as store:
+        records = _em_records(store)
+    reports = []
+    for iteration in _iterations(run_dir):
+        dirs = iteration_dirs(run_dir, iteration)
+        e_states = _final_states(dirs.e)
+        q, p = records.get((iteration, Q_ROLE)), records.get((iteration, P_ROLE))
+        reports.append(
+            IterationReport(
+                iteration=iteration,
+                mean_best_reward=_mean([s["best_log_p"] for s in e_states.values()]),
+                mean_log_p_x_before=_mean([s["log_p_x"] for s in _final_states(dirs.m).values()]),
+                mean_log_p_x_after=_mean([s["log_p_x"] for s in _final_states(dirs.after).values()]),
+                q_adapter=q.adapter_name if q else None,
+                p_adapter=p.adapter_name if p else None,
+                q_started_from=q.hyperparams.get("init_adapter_name") if q else None,
+                p_started_from=p.hyperparams.get("init_adapter_name") if p else None,
+                selected=[int(s["best"]) for s in e_states.values()],
+            )
+        )
+    return reports
+
+
+def render_em_report(run_dir: Path | str, console: Console) -> None:
+    """The per-iteration curves of an EM run, and the adapters each iteration trained and started from."""
+
+    def number(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    reports = iteration_reports(run_dir)
+    curves = Table(title=f"EM iterations in {run_dir}", title_justify="left")
+    for column in ("iteration", "best log p(z,x|c)", "log p(x|z*,c) before", "after M-step"):
+        curves.add_column(column, justify="right")
+    adapters = Table(title="adapters", title_justify="left")
+    for column in ("iteration", "role", "adapter", "started from"):
+        adapters.add_column(column)
+    for r in reports:
+        curves.add_row(
+            str(r.iteration),
+            number(r.mean_best_reward),
+            number(r.mean_log_p_x_before),
+            number(r.mean_log_p_x_after),
+        )
+        for role, name, start in (
+            (Q_ROLE, r.q_adapter, r.q_started_from),
+            (P_ROLE, r.p_adapter, r.p_started_from),
+        ):
+            if name is not None:
+                adapters.add_row(str(r.iteration), role, name, start or "base model")
+    console.print(curves)
+    console.print(adapters)
+    console.print(f"graph runs: {Path(run_dir) / 'itN'}/e, m, after (each: rolegraph runs show DIR)")
+
+
+def _finished_iterations(run_dir: Path, store: Store) -> int:
+    """The last iteration whose p was trained and whose after-M-step scoring finished (0 when none)."""
+    records = _em_records(store)
+    done = 0
+    for iteration in _iterations(run_dir):
+        dirs = iteration_dirs(run_dir, iteration)
+        decoded = _final_states(dirs.m)
+        if (iteration, P_ROLE) in records and decoded and decoded.keys() <= _finished_ids(dirs.after):
+            done = iteration
+    return done
+
+
+# --- the loop -------------------------------------------------------------------------------------------
 class EMLoop:
     """Runs EM iterations over a pool whose rationale_writer and proposer roles share one base model."""
 
-    def __init__(self, pool: Any, settings: EMSettings, registry: AdapterRegistry | None = None) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        settings: EMSettings,
+        registry: AdapterRegistry | None = None,
+        *,
+        console: Console | None = None,
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.registry = registry or AdapterRegistry()
-        self.rec = Recorder(
-            pool, settings.run_dir, graph="em", params={"k": settings.k, "seeds": str(settings.seeds)}
+        self.console = console or Console(stderr=True)
+        self.store = Store(settings.run_dir)
+        self.store.start_run(
+            GRAPH,
+            {},
+            0,
+            {"seeds": str(settings.seeds), "k": settings.k, "from_scratch": settings.from_scratch},
         )
 
     def close(self) -> None:
-        self.rec.close()
-
-    async def ensure_concepts(self, seeds: list[Seed]) -> list[Seed]:
-        """Extract concepts with the concept_extractor role for seeds that have none."""
-
-        async def one(seed: Seed) -> Seed:
-            if seed.concepts:
-                return seed
-            episode = f"concepts-{seed.id}"
-            self.rec.begin(episode, {"problem": seed.problem})
-            out = await self.rec.call(
-                "concept_extractor",
-                episode_id=episode,
-                node="extract",
-                variables={"problem": seed.problem, "k": self.settings.concepts_k},
-                max_tokens=self.settings.max_tokens,
-                temperature=0.0,
-                n=1,
-            )
-            items = (out.parsed[0] or {}).get("items") or [
-                line for line in out.texts[0].splitlines() if line.strip()
-            ]
-            concepts = tuple(str(c) for c in items[: self.settings.concepts_k]) or ("problem solving",)
-            self.rec.finish(episode, {"concepts": list(concepts)}, rewards={})
-            return Seed(seed.id, seed.problem, concepts, seed.answer)
-
-        return list(await asyncio.gather(*(one(s) for s in seeds)))
-
-    def _vars(self, seed: Seed, with_problem: bool) -> dict[str, Any]:
-        variables: dict[str, Any] = {"concepts": list(seed.concepts), "difficulty": self.settings.difficulty}
-        if with_problem:
-            variables["problem"] = seed.problem
-        return variables
-
-    async def e_sample(self, iteration: int, seed: Seed) -> tuple[str, int, list[str]]:
-        """Sample k rationales from q(z|c,x) for one seed; returns (episode, step id, rationales)."""
-        episode = f"it{iteration}-e-{seed.id}"
-        self.rec.begin(episode, {"seed": seed.id, "concepts": list(seed.concepts), "problem": seed.problem})
-        sample = await self.rec.call(
-            Q_ROLE,
-            episode_id=episode,
-            node="e_sample",
-            variables=self._vars(seed, with_problem=True),
-            n=self.settings.k,
-            max_tokens=self.settings.max_tokens,
-            temperature=self.settings.temperature,
-        )
-        return (
-            episode,
-            sample.step_id,
-            [rationale_of(t, p) for t, p in zip(sample.texts, sample.parsed, strict=True)],
-        )
-
-    async def e_select(
-        self, seed: Seed, episode: str, step_id: int, rationales: list[str]
-    ) -> tuple[int, float]:
-        """Score each rationale by log p(z,x|c) under the current p, mark the best in the store."""
-        p_prompt = self.rec.render(P_ROLE, self._vars(seed, with_problem=False))
-
-        async def score(rationale: str) -> float:
-            return await self.rec.score(
-                P_ROLE,
-                episode_id=episode,
-                node="e_score",
-                messages=p_prompt,
-                continuation=proposal_text(rationale, seed.problem),
-            )
-
-        best, scores = await select_candidate(rationales, score)
-        self.rec.store.add_rewards(
-            step_id, [{"log_p": s, "selected": float(i == best)} for i, s in enumerate(scores)]
-        )
-        self.rec.finish(episode, {"best": best, "scores": scores}, rewards={"best_log_p": scores[best]})
-        return best, scores[best]
-
-    async def m_decode(self, iteration: int, seed: Seed) -> str:
-        """Greedy z* from the updated q."""
-        episode = f"it{iteration}-m-{seed.id}"
-        self.rec.begin(episode, {"seed": seed.id, "concepts": list(seed.concepts), "problem": seed.problem})
-        out = await self.rec.call(
-            Q_ROLE,
-            episode_id=episode,
-            node="m_decode",
-            variables=self._vars(seed, with_problem=True),
-            n=1,
-            temperature=0.0,
-            max_tokens=self.settings.max_tokens,
-        )
-        return rationale_of(out.texts[0], out.parsed[0])
-
-    async def m_score(self, iteration: int, seed: Seed, z: str, phase: str) -> float:
-        """log p(x|c,z*) under the current p = log p(z*,x|c) − log p(z*|c), both recorded."""
-        episode = f"it{iteration}-m-{seed.id}"
-        p_prompt = self.rec.render(P_ROLE, self._vars(seed, with_problem=False))
-        full, prefix = await asyncio.gather(
-            self.rec.score(
-                P_ROLE,
-                episode_id=episode,
-                node=f"m_target_{phase}",
-                messages=p_prompt,
-                continuation=proposal_text(z, seed.problem),
-            ),
-            self.rec.score(
-                P_ROLE,
-                episode_id=episode,
-                node=f"m_prefix_{phase}",
-                messages=p_prompt,
-                continuation=problem_prefix(z),
-            ),
-        )
-        if phase == "after":
-            self.rec.finish(episode, {"rationale": z}, rewards={"log_p_x": full - prefix})
-        return full - prefix
-
-    def rows(self, iteration: int, node: str, *, selected_only: bool) -> list[dict[str, Any]]:
-        """SFT rows read back from the store: prompt = the step's messages, completion = the chosen text."""
-        rows = []
-        prefix = f"it{iteration}-"
-        for step in self.rec.store.steps(kind="role"):
-            if step.node != node or not step.episode_id.startswith(prefix):
-                continue
-            if step.attempt != self.rec.attempt(step.episode_id):
-                continue  # left over from an interrupted earlier attempt
-            for index, choice in enumerate(step.choices):
-                rewards = step.rewards[index] if index < len(step.rewards) else {}
-                if selected_only and rewards.get("selected") != 1.0:
-                    continue
-                rows.append(
-                    {"prompt": step.messages, "completion": [{"role": "assistant", "content": choice.text}]}
-                )
-        return rows
-
-    async def train_and_hand_off(self, role: str, rows: list[dict[str, Any]], iteration: int) -> str:
-        from datasets import Dataset
-
-        if not rows:
-            raise TrainingError(
-                f"EM iteration {iteration}: no training rows for {role}", "check the run's store"
-            )
-        settings = self.settings.sft
-        settings.model = self.settings.model_dir
-        staging = self.registry.staging(role)
-        dataset = Dataset.from_list(rows)
-        result = await asyncio.to_thread(train_sft, settings, dataset, staging)
-        adapter = self.registry.publish(role, result.adapter_dir)
-        report = await hand_off(self.pool, role, adapter, keep=self.settings.keep)
-        record_training(
-            self.settings.run_dir,
-            result,
-            inputs=[str(self.settings.run_dir)],
-            adapter=adapter,
-            extra_metrics={"handoff_s": report.load_s, "iteration": float(iteration)},
-        )
-        return adapter.lora_name
-
-    async def iteration(self, iteration: int, seeds: list[Seed]) -> IterationReport:
-        samples = await asyncio.gather(*(self.e_sample(iteration, s) for s in seeds))
-        e_results = await asyncio.gather(
-            *(self.e_select(seed, *sample) for seed, sample in zip(seeds, samples, strict=True))
-        )
-        q_name = await self.train_and_hand_off(
-            Q_ROLE, self.rows(iteration, "e_sample", selected_only=True), iteration
-        )
-        decoded = await asyncio.gather(*(self.m_decode(iteration, s) for s in seeds))
-        before = await asyncio.gather(
-            *(self.m_score(iteration, s, z, "before") for s, z in zip(seeds, decoded, strict=True))
-        )
-        p_rows = self.rows(iteration, "m_target_before", selected_only=False)
-        p_name = await self.train_and_hand_off(P_ROLE, p_rows, iteration)
-        after = await asyncio.gather(
-            *(self.m_score(iteration, s, z, "after") for s, z in zip(seeds, decoded, strict=True))
-        )
-        return IterationReport(
-            iteration=iteration,
-            mean_best_reward=sum(score for _, score in e_results) / len(e_results),
-            mean_log_p_x_before=sum(before) / len(before),
-            mean_log_p_x_after=sum(after) / len(after),
-            q_adapter=q_name,
-            p_adapter=p_name,
-            selected=[index for index, _ in e_results],
-        )
+        self.store.close()
 
     async def run(
         self, on_iteration: Callable[[IterationReport], None] | None = None
     ) -> list[IterationReport]:
-        seeds = await self.ensure_concepts(load_seeds(self.settings.seeds, self.settings.num_seeds))
-        start = 1 + _finished_iterations(self.rec.store)
+        """`settings.iterations` more iterations after those already finished in the run dir."""
+        seeds = await self.seeds()
+        done = _finished_iterations(self.settings.run_dir, self.store)
+        for role in (Q_ROLE, P_ROLE):  # a re-run continues from the adapters the run dir ended with
+            if record := _em_records(self.store).get((done, role)):
+                await self._serve(role, record)
         reports = []
-        for iteration in range(start, start + self.settings.iterations):
+        for iteration in range(done + 1, done + 1 + self.settings.iterations):
             report = await self.iteration(iteration, seeds)
             reports.append(report)
             if on_iteration is not None:
                 on_iteration(report)
         return reports
 
+    async def seeds(self) -> list[Seed]:
+        """The seeds with their concepts; those without get them from an em_concepts run."""
+        seeds = load_seeds(self.settings.seeds, self.settings.num_seeds)
+        missing = [s for s in seeds if not s.concepts]
+        if not missing:
+            return seeds
+        run_dir = self.settings.run_dir / "concepts"
+        await self._run(EM_CONCEPTS, [s.option() for s in missing], run_dir)
+        extracted = _final_states(run_dir)
+        ready = [
+            s if s.concepts else Seed(s.id, s.problem, tuple(extracted[s.id]["concepts"]))
+            for s in seeds
+            if s.concepts or s.id in extracted
+        ]
+        if not ready:
+            raise TrainingError(
+                "no seed problem has concepts: concept extraction failed for all of them",
+                f"see `rolegraph runs show {run_dir}`; or give the seeds a 'concepts' list",
+            )
+        return ready
 
-def _finished_iterations(store: Store) -> int:
-    """Iterations already completed in this run dir (a re-run continues after them)."""
-    done = [
-        int(r.metrics.get("iteration", 0))
-        for r in store.training_runs()
-        if r.adapter_name and r.adapter_name.startswith(f"{P_ROLE}-v")
-    ]
-    return max(done, default=0)
+    async def iteration(self, iteration: int, seeds: list[Seed]) -> IterationReport:
+        dirs = iteration_dirs(self.settings.run_dir, iteration)
+        await self._run(EM_E, [s.option() for s in seeds], dirs.e)
+        await self._train(Q_ROLE, iteration, q_rows(dirs.e), dirs.e)
+        await self._run(EM_M, [s.option() for s in seeds], dirs.m)
+        await self._train(P_ROLE, iteration, p_rows(dirs.m), dirs.m)
+        decoded = _final_states(dirs.m)
+        await self._run(
+            EM_SCORE,
+            [s.option(rationale=decoded[s.id]["rationale"]) for s in seeds if s.id in decoded],
+            dirs.after,
+        )
+        (report,) = [r for r in iteration_reports(self.settings.run_dir) if r.iteration == iteration]
+        return report
+
+    async def _run(self, graph: GraphDef, seeds: list[dict[str, Any]], run_dir: Path) -> None:
+        options = {**self.settings.graph_options(), "seeds": seeds}
+        summary = await run_graph(
+            graph,
+            self.pool,
+            RunParams(n=len(seeds), options=options),
+            run_dir,
+            concurrency=self.settings.concurrency,
+            console=self.console,
+            prompts_dir=self.settings.prompts_dir,
+        )
+        if summary.failed or summary.running:
+            raise TrainingError(
+                f"{graph.name} run in {run_dir}: {summary.failed + summary.running} episodes did not finish",
+                f"see `rolegraph runs show {run_dir}`; re-run the same --run-dir to retry them",
+            )
+
+    def _previous(self, role: str, iteration: int) -> AdapterVersion | None:
+        """The adapter this iteration's `role` continues from: the previous iteration's (warm start)."""
+        record = _em_records(self.store).get((iteration - 1, role))
+        if self.settings.from_scratch or record is None:
+            return None
+        return self._version(role, record)
+
+    def _version(self, role: str, record: TrainingRunRecord) -> AdapterVersion:
+        path = Path(str(record.adapter_path))
+        for version in self.registry.versions(role):
+            if version.path == path:
+                return version
+        raise TrainingError(
+            f"adapter {record.adapter_name} of this EM run is no longer in {self.registry.root}",
+            f"restore {path}, or start a new --run-dir",
+        )
+
+    async def _serve(self, role: str, record: TrainingRunRecord) -> None:
+        """Hand off a recorded adapter unless the role already serves it."""
+        adapter = self._version(role, record)
+        if self.pool.resolve(role)[1] != adapter.lora_name:
+            await hand_off(self.pool, role, adapter, keep=self.settings.keep)
+
+    async def _train(self, role: str, iteration: int, rows: list[dict[str, Any]], source: Path) -> None:
+        """SFT `role` on `rows`, publish and hand off the adapter, record it (once per iteration and role)."""
+        from datasets import Dataset
+
+        if record := _em_records(self.store).get((iteration, role)):
+            await self._serve(role, record)
+            return
+        if not rows:
+            raise TrainingError(
+                f"EM iteration {iteration}: no training rows for {role}",
+                f"see `rolegraph runs show {source}`; try more seeds, a larger k or more --max-tokens",
+            )
+        start = self._previous(role, iteration)
+        settings = dataclasses.replace(self.settings.sft, model=self.settings.model_dir)
+        result = await asyncio.to_thread(
+            train_sft,
+            settings,
+            Dataset.from_list(rows),
+            self.registry.staging(role),
+            init_adapter=start.path if start else None,
+        )
+        adapter = self.registry.publish(role, result.adapter_dir)
+        report = await hand_off(self.pool, role, adapter, keep=self.settings.keep)
+        hyperparams = {
+            **result.hyperparameters,
+            "em_role": role,
+            "em_iteration": iteration,
+            "init_adapter_name": start.lora_name if start else None,
+        }
+        record_training(
+            self.settings.run_dir,
+            dataclasses.replace(result, hyperparameters=hyperparams),
+            inputs=[str(source)],
+            adapter=adapter,
+            extra_metrics={"handoff_s": report.load_s, "iteration": float(iteration)},
+        )

@@ -31,8 +31,15 @@ def trl_config(settings: SFTSettings, output_dir: Path) -> SFTConfig:
     )
 
 
-def train_sft(settings: SFTSettings, data: Dataset | Path | str, output_dir: Path) -> TrainResult:
-    """Fine-tune a LoRA on `data` (an export path or a prepared Dataset) and save it in `output_dir`."""
+def train_sft(
+    settings: SFTSettings,
+    data: Dataset | Path | str,
+    output_dir: Path,
+    *,
+    init_adapter: Path | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA on `data` (an export path or a prepared Dataset) and save it in `output_dir`;
+    with `init_adapter`, continue training that adapter instead of a fresh LoRA."""
     started = time.perf_counter()
     quiet()
     dataset = data if isinstance(data, Dataset) else load_export(data, "sft")
@@ -40,7 +47,15 @@ def train_sft(settings: SFTSettings, data: Dataset | Path | str, output_dir: Pat
         raise TrainingError("the SFT dataset has no rows", "export a run with finished, verified episodes")
     from trl import SFTTrainer
 
-    return train_lora(SFTTrainer, settings, trl_config(settings, output_dir), dataset, output_dir, started)
+    return train_lora(
+        SFTTrainer,
+        settings,
+        trl_config(settings, output_dir),
+        dataset,
+        output_dir,
+        started,
+        init_adapter=init_adapter,
+    )
 
 
 __all__ = ["to_dataset", "train_sft", "trl_config"]

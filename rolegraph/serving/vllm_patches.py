@@ -6,6 +6,11 @@ disagree and the engine dies (`einsum(): subscript b has size 2 ... 219`; upstre
 vllm#51597). `Client.score()` (the PromptCoT 2.0 E-step) depends on prompt logprobs, so rolegraph fixes the
 mapping: while prompt logprobs are computed, each prompt row uses its own token's LoRA index.
 
+It also keeps seeded requests from killing a CPU engine: when vLLM discards the token sampled for a request
+still in chunked prefill, it rewinds that request's generator by its Philox offset, which CPU generators do
+not have (`RuntimeError: CPU Generator does not use offset`, and the engine shuts down). CPU generators are
+left out of that rewind; the seeded request runs on, its random stream one draw further along.
+
 vLLM loads this in every engine and worker process through the `vllm.general_plugins` entry point declared in
 pyproject. Set ROLEGRAPH_VLLM_PATCHES=0 to disable it.
 """
@@ -38,6 +43,7 @@ def register() -> None:
         return
     _wrap_prompt_logprobs(GPUModelRunner)
     _wrap_cpu_lora_logits(PunicaWrapperCPU, bgmv_shrink, bgmv_expand)
+    _skip_cpu_generator_rewind(GPUModelRunner)
     _applied = True
 
 
@@ -81,3 +87,20 @@ def _wrap_cpu_lora_logits(wrapper_cls: Any, bgmv_shrink: Any, bgmv_expand: Any) 
         return None
 
     wrapper_cls.add_lora_logits = add_lora_logits
+
+
+def _skip_cpu_generator_rewind(runner_cls: Any) -> None:
+    original = runner_cls._bookkeeping_sync
+
+    @functools.wraps(original)
+    def _bookkeeping_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+        generators = self.input_batch.generators
+        cpu = {index: gen for index, gen in generators.items() if gen.device.type == "cpu"}
+        for index in cpu:
+            del generators[index]
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            generators.update(cpu)
+
+    runner_cls._bookkeeping_sync = _bookkeeping_sync

@@ -1,0 +1,1 @@
+"""rolegraph studio: a local web app to browse, debug, fork and replay generation traces."""
