@@ -47,3 +47,34 @@ def test_plugin_is_registered_for_vllm() -> None:
 
     names = {entry.value for entry in entry_points(group="vllm.general_plugins")}
     assert "rolegraph.serving.vllm_patches:register" in names
+
+
+def test_seeded_requests_in_chunked_prefill_do_not_kill_a_cpu_engine() -> None:
+    """vLLM rewinds a discarded sample's generator by Philox offset; CPU generators have none."""
+    import torch
+
+    from rolegraph.serving.vllm_patches import _skip_cpu_generator_rewind
+
+    class Batch:
+        def __init__(self) -> None:
+            self.generators = {0: torch.Generator(device="cpu"), 3: torch.Generator(device="cpu")}
+
+    class Runner:
+        """The loop of vLLM's GPUModelRunner._bookkeeping_sync that dies on CPU generators."""
+
+        def __init__(self) -> None:
+            self.input_batch = Batch()
+
+        def _bookkeeping_sync(self, discarded: list[int]) -> str:
+            for index in discarded:
+                gen = self.input_batch.generators.get(index)
+                if gen is not None:
+                    gen.set_offset(gen.get_offset() - 4)
+            return "ok"
+
+    with pytest.raises(RuntimeError, match="does not use offset"):
+        Runner()._bookkeeping_sync([0])
+    _skip_cpu_generator_rewind(Runner)
+    runner = Runner()
+    assert runner._bookkeeping_sync([0, 3]) == "ok"
+    assert sorted(runner.input_batch.generators) == [0, 3]  # the request's generator stays with it
