@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rolegraph.errors import ConfigError
 
@@ -28,6 +28,13 @@ class SelfPlayOptions(BaseModel):
     seed: int | None = None
     """Sampling seed for the rollouts (reproducible rollouts on a quiet server)."""
 
+    @model_validator(mode="after")
+    def _sampling_can_differ(self) -> SelfPlayOptions:
+        # vLLM answers HTTP 400 to n > 1 at temperature 0, and identical rollouts make no pairs anyway.
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 rollouts need a temperature above 0 (pass --temperature above 0)")
+        return self
+
     @classmethod
     def parse(cls, options: dict[str, Any]) -> SelfPlayOptions:
         try:
@@ -35,6 +42,9 @@ class SelfPlayOptions(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
+            if not where:  # a rule across options
+                message = f"selfplay options: {err['ctx']['error']}"
+                raise ConfigError(message, "change the options named") from None
             raise ConfigError(
                 f"selfplay option '{where}': {err['msg']}",
                 f"fix --set {where}=...; options: {', '.join(cls.model_fields)}",

@@ -169,6 +169,7 @@ def selfplay(
     """Self-play with DPO: roll out, verify (math-verify or sandboxed tests), pair passes with failures,
     train and hand off the policy."""
     from rolegraph.config import check_role, load_config
+    from rolegraph.errors import ConfigError
     from rolegraph.trainers.config import DPOSettings
     from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings, load_problems
 
@@ -178,6 +179,10 @@ def selfplay(
         check_role(cfg, teacher_role, "--teacher-role")
     dpo_settings = _placed(DPOSettings(max_steps=steps), cfg, device)
     load_problems(problems, max_problems)
+    if n > 1 and temperature == 0:
+        raise ConfigError(
+            f"--n {n} rollouts at --temperature 0 would all be the same", "pass --temperature above 0"
+        )
     _check_model(model)
     settings = SelfPlaySettings(
         problems=problems,
