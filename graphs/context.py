@@ -7,7 +7,7 @@ fake ctx.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from rolegraph.agents.role import Role
@@ -33,6 +33,26 @@ class GraphContext(Protocol):
         record the step. `prompt` replaces the role's prompt and parser (not its binding); `sampling`
         overrides the binding's (role defaults < config binding < these). Endpoint failures never raise: the
         step carries `error` and `error_kind`. A wrong binding (unknown model) raises ModelNotFoundError."""
+        ...
+
+    async def complete_role(
+        self,
+        role: str,
+        *,
+        node: str,
+        episode_id: str,
+        variables: dict[str, Any],
+        continuation_ids: Sequence[int] = (),
+        append_text: str = "",
+        prompt: Role | None = None,
+        **sampling: Any,
+    ) -> Step:
+        """Token-in, token-out: continue the role's rendered chat (as the model samples after it, a final
+        assistant message continued) followed by `continuation_ids` and then `append_text` (tokenized alone),
+        through the completions API. Sampling merges as in `call_role`. The step's `prompt_token_ids` are the
+        exact ids sent, its choices carry the generated `token_ids`, and `request` holds
+        `chat_prompt_tokens` and `appended_tokens` (so the ids of `append_text` are the prompt's last ones).
+        Failures never raise, as in `call_role`."""
         ...
 
     async def score_role(

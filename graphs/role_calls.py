@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +23,9 @@ from rolegraph.serving.types import Choice
 from rolegraph.store import Rewards, Step, Store
 
 T = TypeVar("T")
+CHAT_ONLY_EXTRA = frozenset({"continue_final_message", "add_generation_prompt"})
+CHAT_IDS_CACHE = 256
+"""Rendered prompts whose token ids a context keeps (one per episode and role in a TIR run)."""
 
 
 class RolePool(Protocol):
@@ -116,6 +119,7 @@ class RuntimeContext:
         self.attempts: dict[str, int] = {}
         self.endpoint_errors: dict[str, EndpointError] = {}
         """Episode id → the last endpoint error of its current attempt; such episodes are retried."""
+        self._chat_ids_cache: dict[str, list[int]] = {}
 
     def role(self, name: str) -> Role:
         if name not in self.roles:
@@ -186,6 +190,72 @@ class RuntimeContext:
                 latency_s=result.latency_s,
             )
         )
+
+    async def complete_role(
+        self,
+        role: str,
+        *,
+        node: str,
+        episode_id: str,
+        variables: dict[str, Any],
+        continuation_ids: Sequence[int] = (),
+        append_text: str = "",
+        prompt: Role | None = None,
+        **sampling: Any,
+    ) -> Step:
+        """Token-in, token-out continuation through the completions API (see GraphContext.complete_role)."""
+        spec = prompt or self.role(role)
+        messages = spec.render(variables)
+        client, model, binding = self.pool.resolve(role)
+        params = sampling_for(spec, binding, sampling)
+        # Chat-template options mean nothing to the completions API (the prompt is already token ids).
+        extra = {k: v for k, v in params.extra.items() if k not in CHAT_ONLY_EXTRA}
+        params = params.model_copy(update={"extra": extra})
+        step = self._new_step(
+            "role",
+            role=role,
+            node=node,
+            episode_id=episode_id,
+            model=model,
+            sampling=params.model_dump(),
+            messages=messages,
+        )
+        try:
+            chat_ids = await self._chat_ids(client, model, messages)
+            appended: list[int] = []
+            if append_text:
+                appended = await client.tokenize(append_text, model=model, add_special_tokens=False)
+            prompt_ids = [*chat_ids, *continuation_ids, *appended]
+            result = await client.complete(prompt_ids, model=model, sampling=params)
+        except ModelNotFoundError:
+            raise
+        except EndpointError as exc:
+            return self.store.record_step(self._failed(step, exc))
+        self.stats.completion_tokens += result.usage.completion_tokens
+        return self.store.record_step(
+            dataclasses.replace(
+                step,
+                endpoint=result.endpoint,
+                model=result.model or model,
+                choices=[_parsed(spec, c) for c in result.choices],
+                prompt_token_ids=prompt_ids,
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=result.usage.completion_tokens,
+                latency_s=result.latency_s,
+                request={"chat_prompt_tokens": len(chat_ids), "appended_tokens": len(appended)},
+            )
+        )
+
+    async def _chat_ids(self, client: Any, model: str, messages: list[dict[str, str]]) -> list[int]:
+        """The rendered chat as the model samples after it (a final assistant message is continued)."""
+        key = json.dumps([model, messages], sort_keys=True)
+        if key not in self._chat_ids_cache:
+            prefilled = bool(messages) and messages[-1].get("role") == "assistant"
+            ids = await client.tokenize_chat(messages, model=model, continue_final_message=prefilled)
+            if len(self._chat_ids_cache) >= CHAT_IDS_CACHE:
+                self._chat_ids_cache.pop(next(iter(self._chat_ids_cache)))
+            self._chat_ids_cache[key] = ids
+        return list(self._chat_ids_cache[key])
 
     async def score_role(
         self,

@@ -1,0 +1,215 @@
+"""Bench: the TIR loop's interpreter path (graphs/cort/).
+
+1. Per-cell overhead through the graph: a cell run the way the `tir_turn` node runs it (`ctx.call_env` in a
+   RuntimeContext: the session's `arun_cell` in a worker thread, then the `interpreter` step recorded in the
+   run's SQLite store) against `Session.run_cell` called directly, on the same warm session, interleaved
+   A-B-B-A. Target: graph / direct ≤ 1.2×.
+2. Share of an episode's wall time spent in the interpreter: cort episodes on a vLLM server (every turn is a
+   small python cell, forced with a structured-outputs regex), Σ interpreter step latency / episode wall time.
+   Set ROLEGRAPH_BENCH_BASE_URL to attach to a running server (otherwise part 2 is skipped).
+
+`python bench/tir.py [--cells 200] [--episodes 2] [--write]`; --write appends the figures to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rolegraph.environments.sandbox.session import Session
+from rolegraph.graphs.role_calls import RuntimeContext
+from rolegraph.store import Store
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+KINDS = {
+    "trivial (x += 1; print)": ("x += 1\nprint(x)",),
+    "typical (sympy / a loop)": (
+        "import sympy\nprint(sympy.factorint(2**40 - 87))",
+        "print(sum(i * i for i in range(100000)))",
+        "s = sympy.Symbol('s')\nprint(sympy.solve(s**2 - 5 * s + 6, s))",
+    ),
+}
+"""Cells timed, by kind: the interpreter's fixed costs show most on trivial cells."""
+console = Console(stderr=True)
+
+
+class _NoPool:
+    def resolve(self, role: str) -> Any:
+        raise AssertionError("the bench makes no model call in part 1")
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[cyan]{task.fields[rate]:.0f} cells/s"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+async def overhead(cells: int, backend: str, kind: str) -> dict[str, float]:
+    """Median seconds per cell of one kind: direct `Session.run_cell` vs the graph's `ctx.call_env` path."""
+    codes = KINDS[kind]
+    direct: list[float] = []
+    graph: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "run")
+        store.start_run("bench-tir", {}, 0, {}, [])
+        ctx = RuntimeContext(_NoPool(), store)
+        session = await asyncio.to_thread(Session.open, backend)
+        try:
+            session.run_cell("x = 0")
+            for code in codes:  # warm the session (imports, caches)
+                session.run_cell(code)
+            started = time.perf_counter()
+            with _bar() as bar:
+                task = bar.add_task(kind, total=cells, rate=0.0)
+                for index in range(cells):
+                    code = codes[index % len(codes)]
+                    order = ("direct", "graph") if index % 4 in (0, 3) else ("graph", "direct")
+                    for side in order:
+                        t0 = time.perf_counter()
+                        if side == "direct":
+                            session.run_cell(code)
+                            direct.append(time.perf_counter() - t0)
+                        else:
+                            await ctx.call_env(
+                                "interpreter",
+                                node="tir_turn",
+                                episode_id="bench",
+                                request={"cell": index, "code": code},
+                                fn=lambda code=code: session.arun_cell(code),
+                            )
+                            graph.append(time.perf_counter() - t0)
+                    bar.update(task, advance=1, rate=(index + 1) / (time.perf_counter() - started))
+        finally:
+            session.close()
+            store.close()
+    d, g = statistics.median(direct), statistics.median(graph)
+    return {"direct_ms": d * 1e3, "graph_ms": g * 1e3, "ratio": g / d, "cells": float(cells)}
+
+
+async def interpreter_share(base_url: str, episodes: int, backend: str) -> dict[str, float]:
+    """Σ interpreter latency / episode wall time over cort episodes on the server at `base_url`."""
+    import httpx2
+
+    from rolegraph.config import EndpointConfig, RoleBinding, RolegraphConfig, SamplingParams
+    from rolegraph.graphs.base import RunParams
+    from rolegraph.graphs.cort import SessionProvider, cort_graph
+    from rolegraph.graphs.runtime import run_graph
+
+    cards = httpx2.get(f"{base_url.rstrip('/')}/models", timeout=10).json()["data"]
+    model = next(c["id"] for c in cards if not c.get("parent"))
+    regex = r"```python\nprint\(sum\(i \* i for i in range\([1-9]000\)\)\)\n```\n"
+    forced = SamplingParams(temperature=1.0, extra={"structured_outputs": {"regex": regex}})
+    cfg = RolegraphConfig(
+        endpoints={"bench": EndpointConfig(base_url=base_url)},
+        roles={"cort_solver": RoleBinding(endpoint="bench", model=model, sampling=forced)},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        problems = Path(tmp) / "p.jsonl"
+        problems.write_text(
+            "".join(
+                json.dumps({"problem": f"What is {i} * 7?", "answer": str(7 * i)}) + "\n"
+                for i in range(episodes)
+            )
+        )
+        options = {"problems": str(problems), "max_calls": 4, "max_tokens": 200, "seed": 0}
+        async with SessionProvider(backend) as sessions:
+            await run_graph(
+                cort_graph(sessions), cfg, RunParams(n=episodes, options=options), Path(tmp) / "run"
+            )
+        with Store(Path(tmp) / "run", create=False) as store:
+            for failed in store.episodes(status="failed"):
+                console.print(f"episode {failed.id} failed ({failed.error_kind}): {failed.error}")
+            walls, interp, model_s, cells = [], [], [], 0
+            for episode in store.episodes(status="finished"):
+                steps = store.steps(episode_id=episode.id)
+                walls.append((episode.finished_at or 0) - episode.started_at)
+                interp.append(sum(s.latency_s for s in steps if s.role == "interpreter"))
+                model_s.append(sum(s.latency_s for s in steps if s.kind == "role"))
+                cells += sum(1 for s in steps if s.role == "interpreter")
+    if not walls:
+        raise SystemExit("no episode finished: see the failures above")
+    return {
+        "episodes": float(len(walls)),
+        "cells": float(cells),
+        "wall_s": sum(walls),
+        "interpreter_share": sum(interp) / sum(walls),
+        "model_share": sum(model_s) / sum(walls),
+    }
+
+
+def _write(part1: dict[str, dict[str, float]], part2: dict[str, float] | None, backend: str) -> None:
+    load = os.getloadavg()[0]
+    lines = [
+        "",
+        "## CoRT",
+        "",
+        f"`python bench/tir.py` — {platform.machine()}, {os.cpu_count()} cores, backend {backend}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load:.1f}.",
+        "",
+        "| measure | graph | direct | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, r in part1.items():
+        lines.append(
+            f"| per {kind} cell, median of {r['cells']:.0f} (A-B-B-A) | {r['graph_ms']:.2f} ms "
+            f"| {r['direct_ms']:.2f} ms | **{r['ratio']:.2f}×** | ≤ 1.2×: "
+            f"{'PASS' if r['ratio'] <= 1.2 else 'FAIL'} |"
+        )
+    if part2 is not None:
+        lines.append(
+            f"| interpreter share of episode wall time ({part2['episodes']:.0f} episodes, "
+            f"{part2['cells']:.0f} cells) | {part2['interpreter_share']:.1%} | | | model calls "
+            f"{part2['model_share']:.1%} |"
+        )
+    with RESULTS.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=200)
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--backend", default="bwrap")
+    parser.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
+    args = parser.parse_args()
+    part1 = (
+        {kind: asyncio.run(overhead(args.cells, args.backend, kind)) for kind in KINDS} if args.cells else {}
+    )
+    for kind, r in part1.items():
+        console.print(
+            f"per {kind} cell: graph {r['graph_ms']:.2f} ms, direct {r['direct_ms']:.2f} ms, "
+            f"ratio {r['ratio']:.2f}× (target ≤ 1.2×)"
+        )
+    base_url = os.environ.get("ROLEGRAPH_BENCH_BASE_URL")
+    part2 = None
+    if base_url:
+        part2 = asyncio.run(interpreter_share(base_url, args.episodes, args.backend))
+        console.print(
+            f"interpreter share of episode wall time: {part2['interpreter_share']:.1%} "
+            f"(model calls {part2['model_share']:.1%}; {part2['cells']:.0f} cells in {part2['episodes']:.0f} "
+            "episodes)"
+        )
+    else:
+        console.print("part 2 skipped: set ROLEGRAPH_BENCH_BASE_URL to a vLLM server")
+    if args.write:
+        _write(part1, part2, args.backend)
+
+
+if __name__ == "__main__":
+    main()
