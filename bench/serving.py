@@ -5,8 +5,14 @@ every request yields exactly max_tokens tokens) at concurrency 1, 8 and 32. Roun
 drift on a shared machine hits both sides alike. Prints the ratio client/bare per concurrency (target
 >= 0.95) and writes the figures into bench/RESULTS.md under "## serving".
 
-Usage: python bench/serving.py [--base-url URL] [--max-tokens 32] [--rounds 2]
-Without --base-url (or $ROLEGRAPH_BENCH_BASE_URL) it launches the built-in model and stops it at the end.
+A second row runs on a server that is not vLLM (`transformers serve`, the test suite's, see
+tests/fixtures/compat.py): it ignores `n`, so each call asks for n=2 and the client emulates it with two
+concurrent requests; the bare loop sends the same two n=1 requests. Greedy decoding gives both sides the same
+tokens (that server has no ignore_eos).
+
+Usage: python bench/serving.py [--base-url URL] [--max-tokens 32] [--rounds 2] [--other-url URL | --no-other]
+Without --base-url (or $ROLEGRAPH_BENCH_BASE_URL) it launches the built-in model and stops it at the end;
+without --other-url it starts `transformers serve` on the built-in model.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import asyncio
 import os
 import platform
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.fixtures is importable
+
 from rolegraph.config import LaunchSpec, SamplingParams
+from rolegraph.models import prepare_model
 from rolegraph.serving import Client, launch_server
+from rolegraph.serving.capabilities import probe
+from tests.fixtures.compat import CompatServer, running_compat_server
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## serving"
@@ -147,6 +159,82 @@ async def _bench_one(
     return concurrency, ours, theirs
 
 
+OTHER_MARK = "Non-vLLM server"
+OTHER_CONCURRENCY = 4
+OTHER_CALLS = 4
+OTHER_N = 2
+
+
+async def _bare_other_round(openai: AsyncOpenAI, model: str, max_tokens: int) -> int:
+    """The baseline on the other server: OTHER_N plain n=1 requests per call, OTHER_CONCURRENCY at a time."""
+    semaphore = asyncio.Semaphore(OTHER_CONCURRENCY)
+
+    async def one(i: int) -> int:
+        async with semaphore:
+            response = await openai.chat.completions.create(
+                model=model,
+                messages=_messages(i),  # type: ignore[arg-type]
+                temperature=0.0,
+                top_p=1.0,
+                max_tokens=max_tokens,
+            )
+        return response.usage.completion_tokens if response.usage else 0
+
+    return sum(await asyncio.gather(*(one(i // OTHER_N) for i in range(OTHER_CALLS * OTHER_N))))
+
+
+async def _client_other_round(client: Client, model: str, max_tokens: int) -> int:
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, n=OTHER_N)
+
+    async def one(i: int) -> int:
+        result = await client.chat(_messages(i), model=model, sampling=sampling)
+        assert len(result.choices) == OTHER_N
+        return result.usage.completion_tokens
+
+    return sum(await asyncio.gather(*(one(i) for i in range(OTHER_CALLS))))
+
+
+async def bench_other(server: CompatServer, max_tokens: int, rounds: int) -> tuple[Side, Side, str]:
+    """Client (n emulated) vs bare loop on the non-vLLM server, A-B-B-A; returns the sides and what the
+    probe found."""
+    client = Client("other", server.base_url, max_concurrency=OTHER_CONCURRENCY, timeout_s=600)
+    bare = AsyncOpenAI(base_url=client.base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    client.capabilities = await probe(client, server.model)
+    ours, theirs = Side("client", rounds=[]), Side("bare", rounds=[])
+    await _client_other_round(client, server.model, max_tokens)  # warm-up, untimed
+    for r in range(rounds):
+        for side in [ours, theirs] if r % 2 == 0 else [theirs, ours]:
+            if side is ours:
+                await _timed(lambda: _client_other_round(client, server.model, max_tokens), side)
+            else:
+                await _timed(lambda: _bare_other_round(bare, server.model, max_tokens), side)
+    await client.aclose()
+    await bare.close()
+    return ours, theirs, client.capabilities.summary()
+
+
+def _other_lines(other: tuple[Side, Side, str], max_tokens: int, rounds: int) -> list[str]:
+    ours, theirs, capabilities = other
+    per_round = ", ".join(f"{x:.2f}" for x in _per_round(ours, theirs))
+    return [
+        "",
+        f"{OTHER_MARK} (`transformers serve`, built-in model, one OpenMP thread): {OTHER_CALLS} calls "
+        f"of n={OTHER_N} per round, `n` emulated by the client with {OTHER_N} concurrent requests per "
+        f"call; the bare loop sends the same {OTHER_CALLS * OTHER_N} n=1 requests (concurrency "
+        f"{OTHER_CONCURRENCY}, temperature 0, max_tokens={max_tokens}, {rounds} A-B-B-A rounds; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}). Probed: {capabilities}.",
+        "",
+        "| server | client tok/s | bare tok/s | ratio client/bare | per-round ratios |",
+        "|---|---|---|---|---|",
+        f"| transformers serve, n={OTHER_N} emulated | {ours.rate:.1f} | {theirs.rate:.1f} | "
+        f"{ours.rate / theirs.rate:.3f} | {per_round} |",
+    ]
+
+
+def _per_round(ours: Side, theirs: Side) -> list[float]:
+    return [a / b for a, b in zip(ours.rounds or [], theirs.rounds or [], strict=True)]
+
+
 def _table(rows: list[tuple[int, Side, Side]], max_tokens: int) -> Table:
     table = Table(title=f"serving: completion tokens/s, Client vs bare AsyncOpenAI (max_tokens={max_tokens})")
     for column in ("concurrency", "client tok/s", "bare tok/s", "ratio", "per-round ratios"):
@@ -163,7 +251,14 @@ def _table(rows: list[tuple[int, Side, Side]], max_tokens: int) -> Table:
     return table
 
 
-def _write_results(rows: list[tuple[int, Side, Side]], max_tokens: int, rounds: int, where: str) -> None:
+def _write_results(
+    rows: list[tuple[int, Side, Side]],
+    max_tokens: int,
+    rounds: int,
+    where: str,
+    other: tuple[Side, Side, str] | None,
+    other_tokens: int,
+) -> None:
     lines = [
         SECTION,
         "",
@@ -179,9 +274,14 @@ def _write_results(rows: list[tuple[int, Side, Side]], max_tokens: int, rounds: 
         lines.append(
             f"| {concurrency} | {ours.rate:.1f} | {theirs.rate:.1f} | {ours.rate / theirs.rate:.3f} |"
         )
-    section = "\n".join(lines) + "\n"
+    other_part = _other_lines(other, other_tokens, rounds) if other is not None else []
     text = RESULTS.read_text() if RESULTS.exists() else "# Bench results\n"
     start = text.find(SECTION + "\n")
+    if not rows and start != -1:  # --only-other: keep the vLLM figures already there
+        end = text.find("\n## ", start + len(SECTION))
+        old = text[start : end if end != -1 else len(text)]
+        lines = old.split(f"\n\n{OTHER_MARK}")[0].rstrip("\n").splitlines()
+    section = "\n".join(lines + other_part) + "\n"
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:
@@ -196,27 +296,48 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--other-url", help="a running `transformers serve` of the built-in model")
+    parser.add_argument("--other-max-tokens", type=int, default=8)
+    parser.add_argument("--no-other", action="store_true", help="skip the non-vLLM server row")
+    parser.add_argument("--only-other", action="store_true", help="only the non-vLLM server row")
     args = parser.parse_args()
     console = Console(stderr=True)
     handle = None
     base_url = args.base_url
-    if base_url is None:
-        handle = launch_server("bench", LaunchSpec(), console=console)
-        base_url = handle.base_url
-    try:
-        probe = Client("probe", base_url)
-        model = asyncio.run(_base_model(probe))
-        rows = asyncio.run(bench(base_url, model, args.max_tokens, args.rounds, console))
-    finally:
-        if handle is not None and handle.owned:
-            handle.stop()
-    Console().print(_table(rows, args.max_tokens))
+    rows: list[tuple[int, Side, Side]] = []
+    if not args.only_other:
+        if base_url is None:
+            handle = launch_server("bench", LaunchSpec(), console=console)
+            base_url = handle.base_url
+        try:
+            model = asyncio.run(_base_model(Client("probe", base_url)))
+            rows = asyncio.run(bench(base_url, model, args.max_tokens, args.rounds, console))
+        finally:
+            if handle is not None and handle.owned:
+                handle.stop()
+        Console().print(_table(rows, args.max_tokens))
     for concurrency, ours, theirs in rows:
         ratio = ours.rate / theirs.rate
         print(f"serving c={concurrency}: ratio {ratio:.3f} client {ours.rate:.1f} bare {theirs.rate:.1f}")
-    if not args.no_write:
+    other = None if args.no_other else _run_other(args.other_url, args.other_max_tokens, args.rounds)
+    if other is not None:
+        ours, theirs, capabilities = other
+        print(
+            f"serving other (n={OTHER_N} emulated): ratio {ours.rate / theirs.rate:.3f} client "
+            f"{ours.rate:.1f} bare {theirs.rate:.1f}; per round "
+            f"{[round(x, 3) for x in _per_round(ours, theirs)]}; {capabilities}"
+        )
+    if not args.no_write and (rows or other is not None):
         where = "launched by the bench" if handle is not None else "shared dev server"
-        _write_results(rows, args.max_tokens, args.rounds, where)
+        _write_results(rows, args.max_tokens, args.rounds, where, other, args.other_max_tokens)
+
+
+def _run_other(url: str | None, max_tokens: int, rounds: int) -> tuple[Side, Side, str]:
+    model_dir = prepare_model()
+    if url is not None:
+        return asyncio.run(bench_other(CompatServer(url, str(model_dir)), max_tokens, rounds))
+    with running_compat_server(model_dir) as server:
+        return asyncio.run(bench_other(server, max_tokens, rounds))
 
 
 async def _base_model(client: Client) -> str:

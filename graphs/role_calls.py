@@ -184,6 +184,7 @@ class RuntimeContext:
                 endpoint=result.endpoint,
                 model=result.model or model,
                 choices=[_parsed(spec, c) for c in result.choices],
+                response={"unavailable": result.unavailable} if result.unavailable else None,
                 prompt_token_ids=result.prompt_token_ids,
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.completion_tokens,

@@ -326,6 +326,14 @@ class EMLoop:
         self, on_iteration: Callable[[IterationReport], None] | None = None
     ) -> list[IterationReport]:
         """`settings.iterations` more iterations after those already finished in the run dir."""
+        from rolegraph.serving import require
+
+        require(
+            self.pool.resolve(P_ROLE)[0],
+            "prompt_logprobs",
+            "tokenize",
+            purpose="the EM E-step (scoring log p(z,x|c))",
+        )
         seeds = await self.seeds()
         done = _finished_iterations(self.settings.run_dir, self.store)
         for role in (Q_ROLE, P_ROLE):  # a re-run continues from the adapters the run dir ended with

@@ -12,6 +12,10 @@ version before a swap still find it served; names another adapters dir gave (ano
 are left alone. Finally versions beyond `keep` that no endpoint has loaded and no role is bound to are deleted
 from disk.
 
+An endpoint without runtime LoRA (its capabilities say so, see rolegraph.serving.capabilities) is skipped with
+a one-line warning naming it and where the adapter was saved; when it is the role's own endpoint nothing is
+loaded and the binding stays. Training has finished by then, and the adapter stays published.
+
 A version is never loaded in place: its name is unique per publish (see rolegraph.trainers.registry), and an
 endpoint that already lists the name (a retried hand-off) already serves exactly these weights.
 """
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from rolegraph.errors import EndpointError, TrainingError
 from rolegraph.trainers.registry import AdapterRegistry, AdapterVersion
@@ -81,6 +86,19 @@ class HandOffReport:
     """Older versions unloaded, by endpoint."""
     pruned: list[str] = field(default_factory=list)
     """Older versions deleted from disk."""
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    """Endpoints serving the base model that could not load the adapter, each with the one-line reason."""
+
+    @property
+    def swapped(self) -> bool:
+        """The role now calls the new adapter (False when its own endpoint cannot load adapters)."""
+        return bool(self.endpoints)
+
+
+def lacks_runtime_lora(client: Any) -> bool:
+    """The endpoint is known to have no runtime LoRA (a client without capabilities is assumed to have it)."""
+    capabilities = getattr(client, "capabilities", None)
+    return capabilities is not None and capabilities.runtime_lora is False
 
 
 def role_endpoint(pool: SwappablePool, role: str) -> str:
@@ -115,7 +133,18 @@ async def hand_off(
             f"keep={keep} would unload the version in-flight requests still use", "keep at least 2 versions"
         )
     started = time.perf_counter()
-    endpoints = adapter_endpoints(pool, role)
+    candidates = adapter_endpoints(pool, role)
+    not_loaded = {
+        ep: f"endpoint '{ep}' cannot load LoRA adapters at run time; {adapter.lora_name} is saved at "
+        f"{adapter.path}"
+        for ep in candidates
+        if lacks_runtime_lora(pool.clients[ep])
+    }
+    for reason in not_loaded.values():
+        Console(stderr=True).print(f"[yellow]warning[/] {reason}", soft_wrap=True)
+    if candidates[0] in not_loaded:
+        return HandOffReport(role, adapter, [], time.perf_counter() - started, not_loaded=not_loaded)
+    endpoints = [ep for ep in candidates if ep not in not_loaded]
     await load_everywhere(pool, endpoints, adapter)
     await pool.swap(role, endpoints[0], adapter.lora_name)
     load_s = time.perf_counter() - started
@@ -132,6 +161,7 @@ async def hand_off(
         load_s=load_s,
         unloaded={ep: names for ep, names in zip(endpoints, unloaded, strict=True) if names},
         pruned=pruned,
+        not_loaded=not_loaded,
     )
 
 
@@ -184,7 +214,8 @@ async def prune_unloaded(
 ) -> list[str]:
     """Delete from `registry` the role's versions beyond `keep` that no endpoint of the pool has loaded and no
     role is bound to; returns their names."""
-    listed = await asyncio.gather(*(client.list_models() for client in pool.clients.values()))
+    clients = [client for client in pool.clients.values() if not lacks_runtime_lora(client)]
+    listed = await asyncio.gather(*(client.list_models() for client in clients))
     protect = models_in_use(pool).union(*listed)
     return [version.lora_name for version in registry.prune(role, keep, protect=protect)]
 

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from rolegraph.config import EndpointConfig, RolegraphConfig, load_config
-from rolegraph.errors import RolegraphError
+from rolegraph.errors import RequestRejectedError, RolegraphError
 from rolegraph.models.registry import resolve_model
-from rolegraph.serving.client import Client
+from rolegraph.serving.capabilities import Capabilities, probe
+from rolegraph.serving.client import Client, ServerFailedError
 from rolegraph.serving.launcher import (
     find_server,
     forget_server,
@@ -56,7 +57,7 @@ async def _serve(config: RolegraphConfig) -> None:
 
 @endpoints_app.command("status")
 def status(config: Path | None = CONFIG_OPTION) -> None:
-    """Show each endpoint, whether it is up, its base models and its loaded adapters."""
+    """Show each endpoint, whether it is up, its base models, loaded adapters and capabilities."""
     Console().print(asyncio.run(_status_table(load_config(config), {})))
 
 
@@ -78,7 +79,7 @@ def stop(
 
 async def _status_table(config: RolegraphConfig, clients: dict[str, Client]) -> Table:
     table = Table(title="endpoints")
-    for column in ("endpoint", "kind", "url", "status", "base models", "adapters"):
+    for column in ("endpoint", "kind", "url", "status", "base models", "adapters", "capabilities"):
         table.add_column(column)
     for name, endpoint in config.endpoints.items():
         kind = "launched" if endpoint.launch is not None else "attached"
@@ -91,9 +92,11 @@ async def _status_table(config: RolegraphConfig, clients: dict[str, Client]) -> 
                 "[yellow]not running[/]",
                 endpoint.launch.model if endpoint.launch else "-",
                 "-",
+                "-",
             )
             continue
-        row = await _probe(name, url, endpoint, clients.get(name))
+        models = [b.model for b in config.roles.values() if b.endpoint == name and b.model]
+        row = await _probe(name, url, endpoint, clients.get(name), models)
         table.add_row(name, kind, url, *row)
     return table
 
@@ -111,21 +114,47 @@ def _url_of(name: str, endpoint: EndpointConfig) -> str | None:
 
 
 async def _probe(
-    name: str, url: str, endpoint: EndpointConfig, client: Client | None
-) -> tuple[str, str, str]:
+    name: str, url: str, endpoint: EndpointConfig, client: Client | None, models: list[str]
+) -> tuple[str, str, str, str]:
+    """Status, base models, adapters and capabilities (probed with a role's model, else the listed base)."""
     own = client is None
-    client = client or Client(name, url, api_key=endpoint.api_key, max_retries=0, timeout_s=10.0)
+    if client is None:
+        declared = Capabilities.declared(endpoint.capabilities)
+        if endpoint.launch is not None:
+            declared = declared.over(Capabilities.vllm(runtime_lora=endpoint.launch.enable_lora))
+        client = Client(
+            name,
+            url,
+            api_key=endpoint.api_key,
+            max_retries=0,
+            timeout_s=30.0,
+            launched=endpoint.launch is not None,
+            capabilities=declared,
+        )
     try:
-        cards: list[dict[str, Any]] = await client.model_cards()
+        cards: list[dict[str, Any]] = await client.model_cards(retry=False)
+    except (RequestRejectedError, ServerFailedError, ValueError):
+        cards = []  # it answers, but lists nothing
     except RolegraphError:
-        return "[red]down[/]", "-", "-"
+        if own:
+            await client.aclose()
+        return "[red]down[/]", "-", "-", "-"
+    try:
+        bases = [str(c["id"]) for c in cards if not c.get("parent")]
+        adapters = [f"{c['id']} ({c.get('root', '?')})" for c in cards if c.get("parent")]
+        model = next(iter(models + bases), None)
+        if model is None:
+            capabilities = "? (set `model:` on a role bound to it to probe)"
+        else:
+            try:
+                capabilities = (await probe(client, model, skip=client.capabilities)).summary()
+            except RolegraphError as exc:
+                capabilities = f"[red]probe failed[/]: {exc.message}"
+        return "[green]up[/]", ", ".join(bases) or "-", "\n".join(adapters) or "-", capabilities
     finally:
         if own:
             with contextlib.suppress(Exception):
                 await client.aclose()
-    bases = [str(c["id"]) for c in cards if not c.get("parent")]
-    adapters = [f"{c['id']} ({c.get('root', '?')})" for c in cards if c.get("parent")]
-    return "[green]up[/]", ", ".join(bases) or "-", "\n".join(adapters) or "-"
 
 
 def register(app: typer.Typer) -> None:

@@ -59,6 +59,25 @@ class LaunchSpec(_Strict):
     startup_timeout_s: float = Field(600.0, gt=0)
 
 
+class EndpointCapabilities(_Strict):
+    """What an endpoint can do. Each field left unset is probed on first use; a set one is taken as given
+    (to skip probing, or to override what probing finds)."""
+
+    lists_models: bool | None = None
+    """`/v1/models` lists the models the endpoint serves."""
+    n: bool | None = None
+    """`n > 1` returns n choices (else rolegraph sends n requests and merges them)."""
+    logprobs: bool | None = None
+    token_ids: bool | None = None
+    """Completion token ids (vLLM's `return_token_ids`)."""
+    prompt_logprobs: bool | None = None
+    structured_outputs: bool | None = None
+    runtime_lora: bool | None = None
+    """LoRA adapters load at run time (`/v1/load_lora_adapter`)."""
+    tokenize: bool | None = None
+    """vLLM's `/tokenize`."""
+
+
 class EndpointConfig(_Strict):
     """An OpenAI-compatible endpoint: attached (`base_url`) or launched (`launch`)."""
 
@@ -68,6 +87,7 @@ class EndpointConfig(_Strict):
     max_concurrency: int = Field(64, ge=1)
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(4, ge=0)
+    capabilities: EndpointCapabilities = Field(default_factory=EndpointCapabilities)
 
     @model_validator(mode="after")
     def _one_source(self) -> EndpointConfig:

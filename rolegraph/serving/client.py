@@ -1,13 +1,19 @@
-"""The async client for one OpenAI-compatible (vLLM) endpoint: a concurrency limit, retries and timeouts.
+"""The async client for one OpenAI-compatible endpoint: a concurrency limit, retries and timeouts.
 
 Retries (exponential backoff with jitter) cover connection errors, HTTP 429 and 5xx only; anything else is the
 caller's mistake and fails at once. Every failure reaches the caller as a one-line, typed RolegraphError:
 EndpointDownError, EndpointTimeoutError, RequestRejectedError or ModelNotFoundError.
+
+The client adapts to what the endpoint can do (`capabilities`, see rolegraph.serving.capabilities): `n > 1`
+is emulated by concurrent requests, vLLM extras are only sent where they work, and an optional field that a
+4xx answer names is dropped, remembered (`rejected_fields`) and never sent to that endpoint again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -19,18 +25,41 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from rolegraph.config import SamplingParams
 from rolegraph.errors import (
+    ConfigError,
     EndpointDownError,
     EndpointError,
     EndpointTimeoutError,
     ModelNotFoundError,
     RequestRejectedError,
 )
+from rolegraph.serving.capabilities import Capabilities, require
 from rolegraph.serving.types import CallResult, Choice, Usage
 
 T = TypeVar("T")
 Message = dict[str, Any]
 
 SERVE_HINT = "is the server running? start it with `rolegraph serve`"
+"""The hint for a server rolegraph launches; an attached one gets `attached_hint`."""
+REQUIRED_FIELDS = frozenset({"model", "messages", "prompt", "max_tokens", "temperature", "extra_body"})
+"""Request fields never dropped: without them the request means something else."""
+STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+SCORING = "scoring log-likelihoods (score, the EM E-step)"
+
+
+class ServerFailedError(EndpointDownError):
+    """The server answered, but with 429 or 5xx through every retry."""
+
+
+class FieldsRejectedError(RequestRejectedError):
+    """A 4xx answer that names optional fields of the request (`fields`): resent without them."""
+
+    def __init__(self, message: str, hint: str | None, fields: set[str]) -> None:
+        super().__init__(message, hint)
+        self.fields = fields
+
+
+def attached_hint(base_url: str) -> str:
+    return f"check that the server at {base_url} is running and reachable from here"
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -47,6 +76,10 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     status = _status_of(exc)
     return status is not None and (status == 429 or status >= 500)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return is_retryable(exc) and _status_of(exc) is None
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -72,8 +105,16 @@ class Client:
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         http_client: httpx2.AsyncClient | None = None,
+        launched: bool = False,
+        capabilities: Capabilities | None = None,
     ) -> None:
         self.name = name
+        self.launched = launched
+        """rolegraph launched this endpoint's server (else it is attached: hints never say to start it)."""
+        self.capabilities = capabilities or Capabilities()
+        """What the endpoint can do; None fields are unknown and assumed to work until an answer says not."""
+        self.rejected_fields: set[str] = set()
+        """Optional request fields the endpoint rejected once; never sent again."""
         self.base_url = normalize_base_url(base_url)
         self.server_url = self.base_url.removesuffix("/v1")
         self.max_concurrency = max_concurrency
@@ -110,15 +151,50 @@ class Client:
 
     # --- generation -------------------------------------------------------------------------------------
 
-    async def chat(self, messages: Sequence[Message], *, model: str, sampling: SamplingParams) -> CallResult:
-        """One chat completion (n choices), with completion token ids and, when asked, per-token logprobs."""
+    async def chat(
+        self, messages: Sequence[Message], *, model: str, sampling: SamplingParams, emulate_n: bool = True
+    ) -> CallResult:
+        """One chat completion (n choices), with completion token ids and, when asked, per-token logprobs.
+
+        On an endpoint without `n > 1` (known, or found out from this answer) the missing choices come from
+        concurrent n=1 requests under the concurrency limit (`emulate_n=False` returns what one request gave).
+        """
+        if emulate_n and sampling.n > 1 and self.capabilities.n is False:
+            return _merged(await self._fan_out(messages, model, sampling, range(sampling.n)))
+        result = await self._chat_once(messages, model=model, sampling=sampling)
+        short = sampling.n - len(result.choices)
+        if emulate_n and short > 0 and result.choices:
+            self.capabilities = dataclasses.replace(self.capabilities, n=False)
+            more = await self._fan_out(messages, model, sampling, range(len(result.choices), sampling.n))
+            return _merged([result, *more])
+        return result
+
+    async def _fan_out(
+        self, messages: Sequence[Message], model: str, sampling: SamplingParams, indices: range
+    ) -> list[CallResult]:
+        """n=1 requests, one per index; a seeded sampling gets seed+index so the choices differ."""
+
+        def single(i: int) -> SamplingParams:
+            seed = None if sampling.seed is None else sampling.seed + i
+            return sampling.model_copy(update={"n": 1, "seed": seed})
+
+        return list(
+            await asyncio.gather(
+                *(self._chat_once(messages, model=model, sampling=single(i)) for i in indices)
+            )
+        )
+
+    async def _chat_once(
+        self, messages: Sequence[Message], *, model: str, sampling: SamplingParams
+    ) -> CallResult:
         kwargs = self._sampling_kwargs(sampling)
         if sampling.logprobs:
             kwargs["logprobs"] = True
             if sampling.top_logprobs is not None:
                 kwargs["top_logprobs"] = sampling.top_logprobs
-        response, latency = await self._call(
-            lambda: self._openai.chat.completions.create(model=model, messages=list(messages), **kwargs),  # type: ignore[arg-type]
+        response, latency, sent = await self._generate(
+            lambda body: self._openai.chat.completions.create(model=model, messages=list(messages), **body),  # type: ignore[arg-type]
+            kwargs,
             model=model,
         )
         choices = [
@@ -132,15 +208,19 @@ class Client:
             )
             for c in response.choices
         ]
-        return self._result(response, choices, model, latency, _extra(response, "prompt_token_ids"))
+        prompt_ids = _extra(response, "prompt_token_ids")
+        return self._result(
+            response, choices, model, latency, prompt_ids, self._unavailable(sampling, sent, choices)
+        )
 
     async def complete(self, prompt: str | list[int], *, model: str, sampling: SamplingParams) -> CallResult:
         """One raw completion of a text or token-id prompt (no chat template)."""
         kwargs = self._sampling_kwargs(sampling)
         if sampling.logprobs:
             kwargs["logprobs"] = sampling.top_logprobs or 0
-        response, latency = await self._call(
-            lambda: self._openai.completions.create(model=model, prompt=prompt, **kwargs),
+        response, latency, sent = await self._generate(
+            lambda body: self._openai.completions.create(model=model, prompt=prompt, **body),
+            kwargs,
             model=model,
         )
         choices = [
@@ -153,24 +233,80 @@ class Client:
             for c in response.choices
         ]
         prompt_ids = _extra(response.choices[0], "prompt_token_ids") if response.choices else None
-        return self._result(response, choices, model, latency, prompt_ids)
+        return self._result(
+            response, choices, model, latency, prompt_ids, self._unavailable(sampling, sent, choices)
+        )
 
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+        """The request's sampling fields, less what the endpoint is known to lack or has rejected."""
+        caps = self.capabilities
+        extra = dict(sampling.extra)
+        if caps.token_ids is not False:
+            extra = {"return_token_ids": True, **extra}
+        if caps.structured_outputs is False:
+            for name in STRUCTURED_FIELDS:
+                extra.pop(name, None)
         kwargs: dict[str, Any] = {
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,
             "n": sampling.n,
-            "extra_body": {"return_token_ids": True, **sampling.extra},
+            "extra_body": extra,
         }
+        if caps.n is False:
+            del kwargs["n"]  # requests are n=1 here (emulated), and such servers may refuse the field
         if sampling.stop:
             kwargs["stop"] = sampling.stop
         if sampling.seed is not None:
             kwargs["seed"] = sampling.seed
         return kwargs
 
+    def _without_rejected(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        dropped = set(self.rejected_fields)
+        if self.capabilities.logprobs is False:
+            dropped |= {"logprobs", "top_logprobs"}
+        body = {k: v for k, v in kwargs.items() if k not in dropped}
+        body["extra_body"] = {k: v for k, v in kwargs.get("extra_body", {}).items() if k not in dropped}
+        return body
+
+    async def _generate(
+        self, create: Callable[[dict[str, Any]], Awaitable[T]], kwargs: dict[str, Any], *, model: str
+    ) -> tuple[T, float, dict[str, Any]]:
+        """Send a generation request; a 4xx naming optional fields resends it without them (remembered).
+        Returns (response, latency, the fields actually sent)."""
+        while True:
+            body = self._without_rejected(kwargs)
+            sent = {k for k in body if k not in REQUIRED_FIELDS} | set(body["extra_body"])
+            try:
+                response, latency = await self._call(lambda b=body: create(b), model=model, optional=sent)  # type: ignore[misc]
+            except FieldsRejectedError as exc:
+                self.rejected_fields |= exc.fields
+                continue
+            return response, latency, {**body, **body["extra_body"]}
+
+    def _unavailable(
+        self, sampling: SamplingParams, sent: dict[str, Any], choices: list[Choice]
+    ) -> dict[str, str]:
+        """What this call asked for (or records by default) and did not get, each with a one-line reason."""
+        where = f"endpoint '{self.name}'"
+        missing: dict[str, str] = {}
+        if any(c.token_ids is None for c in choices):
+            missing["token_ids"] = f"{where} does not return token ids"
+        if sampling.logprobs and any(c.logprobs is None for c in choices):
+            missing["logprobs"] = f"{where} does not return logprobs"
+        for name in STRUCTURED_FIELDS:
+            if sampling.extra.get(name) is not None and name not in sent:
+                missing["structured_outputs"] = f"{where} does not decode under structured outputs"
+        return missing
+
     def _result(
-        self, response: Any, choices: list[Choice], model: str, latency: float, prompt_ids: list[int] | None
+        self,
+        response: Any,
+        choices: list[Choice],
+        model: str,
+        latency: float,
+        prompt_ids: list[int] | None,
+        unavailable: dict[str, str],
     ) -> CallResult:
         usage = response.usage
         return CallResult(
@@ -180,18 +316,21 @@ class Client:
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
             latency_s=latency,
             prompt_token_ids=prompt_ids,
+            unavailable=unavailable,
         )
 
     # --- scoring ----------------------------------------------------------------------------------------
 
     async def score(self, prompt: str, continuation: str, *, model: str) -> float:
         """log p(continuation | prompt): the summed log-probabilities of the continuation's tokens."""
+        self.require_scoring()
         prompt_ids = await self.tokenize(prompt, model=model, add_special_tokens=True)
         return await self._score_ids(prompt_ids, continuation, model=model)
 
     async def score_chat(self, messages: Sequence[Message], continuation: str, *, model: str) -> float:
         """log p(continuation | messages) in the context a role samples it in: continuing the final assistant
         message when the chat ends with one (a prefill), else in a newly opened assistant turn."""
+        self.require_scoring()
         prompt_ids, continuation_ids = await self.chat_continuation_ids(messages, continuation, model=model)
         return float(sum(await self.token_logprobs(prompt_ids, continuation_ids, model=model)))
 
@@ -216,29 +355,34 @@ class Client:
         # after exactly the prompt's ids, starts a fresh token there.
         return prompt_ids, await self.tokenize(continuation, model=model, add_special_tokens=False)
 
+    def require_scoring(self) -> None:
+        """A CapabilityError before any work when this endpoint cannot score (no prompt logprobs or
+        /tokenize); callers that batch many scores (the EM E-step) call it up front."""
+        require(self, "prompt_logprobs", "tokenize", purpose=SCORING)
+
     async def token_logprobs(
         self, prompt_ids: list[int], continuation_ids: list[int], *, model: str
     ) -> list[float]:
         """Per-token log-probabilities of `continuation_ids` after `prompt_ids` (one prompt_logprobs call)."""
         if not continuation_ids:
             return []
+        self.require_scoring()
         ids = prompt_ids + continuation_ids
-        sampling = SamplingParams.model_validate(
-            {"temperature": 0.0, "max_tokens": 1, "extra": {"prompt_logprobs": 0}}
-        )
-        response, _ = await self._call(
-            lambda: self._openai.completions.create(
-                model=model, prompt=ids, **self._sampling_kwargs(sampling)
-            ),
-            model=model,
-        )
-        positions = _extra(response.choices[0], "prompt_logprobs") or []
+        positions = await self.prompt_logprobs(ids, model=model)
         if len(positions) != len(ids):
+            self.capabilities = dataclasses.replace(self.capabilities, prompt_logprobs=False)
             raise EndpointError(
                 f"endpoint '{self.name}' returned {len(positions)} prompt logprobs for {len(ids)} tokens",
-                "use a vLLM server (prompt_logprobs is a vLLM extension)",
+                "score on a vLLM endpoint (prompt_logprobs is a vLLM extension)",
             )
         return [_logprob_at(positions[i], ids[i]) for i in range(len(prompt_ids), len(ids))]
+
+    async def prompt_logprobs(self, prompt: str | list[int], *, model: str) -> list[dict[str, Any] | None]:
+        """vLLM's per-prompt-token logprobs (`prompt_logprobs=0`) of a text or token-id prompt."""
+        body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+        data = await self._post_json("/v1/completions", body, model=model)
+        choices = data.get("choices") or [{}]
+        return list(choices[0].get("prompt_logprobs") or [])
 
     async def _score_ids(self, prompt_ids: list[int], continuation: str, *, model: str) -> float:
         continuation_ids = await self.tokenize(continuation, model=model, add_special_tokens=False)
@@ -246,6 +390,7 @@ class Client:
 
     async def tokenize(self, text: str, *, model: str, add_special_tokens: bool = True) -> list[int]:
         """The server's tokenization of `text` (vLLM `/tokenize`)."""
+        require(self, "tokenize", purpose="tokenizing")
         body = {"model": model, "prompt": text, "add_special_tokens": add_special_tokens}
         data = await self._post_json("/tokenize", body, model=model)
         return [int(t) for t in data["tokens"]]
@@ -255,6 +400,7 @@ class Client:
     ) -> list[int]:
         """Token ids of the chat template applied to `messages`, ending with an opened assistant turn, or
         (`continue_final_message`) with the final message left open for the model to continue."""
+        require(self, "tokenize", purpose="tokenizing")
         body = {
             "model": model,
             "messages": list(messages),
@@ -267,22 +413,47 @@ class Client:
 
     # --- models, adapters and metrics ------------------------------------------------------------------
 
-    async def model_cards(self) -> list[dict[str, Any]]:
+    async def model_cards(self, *, retry: bool = True) -> list[dict[str, Any]]:
         """The raw `/v1/models` entries; LoRA adapters carry `parent` = their base model."""
-        data = (await self._get("/v1/models")).json()
+        data = (await self._get("/v1/models", retry=retry)).json()
         return list(data.get("data", []))
 
-    async def list_models(self) -> list[str]:
+    async def list_models(self, *, retry: bool = True) -> list[str]:
         """Names the endpoint serves: base models and loaded LoRA adapters."""
-        return [str(card["id"]) for card in await self.model_cards()]
+        return [str(card["id"]) for card in await self.model_cards(retry=retry)]
+
+    async def listed_models(self) -> list[str] | None:
+        """What `/v1/models` lists, or None when the listing fails (an answer, not a dead server)."""
+        try:
+            return await self.list_models(retry=False)
+        except (RequestRejectedError, ServerFailedError, ValueError):
+            return None
 
     async def base_model(self) -> str:
         """The endpoint's (first) base model, i.e. the first entry that is not a LoRA adapter."""
-        cards = await self.model_cards()
+        try:
+            cards = await self.model_cards(retry=False)
+            why = "its /v1/models lists none"
+        except (RequestRejectedError, ServerFailedError) as exc:
+            cards, why = [], f"its /v1/models failed: {exc.message}"
         for card in cards:
             if not card.get("parent"):
                 return str(card["id"])
-        raise EndpointError(f"endpoint '{self.name}' at {self.base_url} serves no base model", SERVE_HINT)
+        if self.launched:
+            raise EndpointError(f"endpoint '{self.name}' at {self.base_url} serves no base model", SERVE_HINT)
+        raise ConfigError(
+            f"endpoint '{self.name}' at {self.base_url} names no base model ({why})",
+            f"set `model:` on every role bound to endpoint '{self.name}' (the name its server serves)",
+        )
+
+    async def has_route(self, path: str) -> bool:
+        """Whether the server has a POST route at `path`: a GET there answers 405, not 404."""
+
+        async def get() -> int:
+            return (await self._http.get(self.server_url + path, headers=self._headers)).status_code
+
+        status, _ = await self._call(get, model=None)
+        return status not in (404, 501)
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Hot-load a LoRA adapter directory as `name`. Never in place: a loaded name keeps its weights."""
@@ -310,34 +481,44 @@ class Client:
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
-    async def _call(self, make: Callable[[], Awaitable[T]], *, model: str | None) -> tuple[T, float]:
-        """One request under the concurrency limit, with retries; returns (result, last attempt's latency)."""
+    async def _call(
+        self,
+        make: Callable[[], Awaitable[T]],
+        *,
+        model: str | None,
+        optional: set[str] | None = None,
+        retry: bool = True,
+    ) -> tuple[T, float]:
+        """One request under the concurrency limit, with retries; returns (result, last attempt's latency).
+        `optional` names the request's droppable fields: a 4xx naming some is a FieldsRejectedError."""
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(retry):
                 with attempt:
                     async with self._semaphore:
                         started = time.perf_counter()
                         result = await make()
                         return result, time.perf_counter() - started
         except Exception as exc:
-            raise await self._translate(exc, model) from None
+            raise await self._translate(exc, model, optional or set(), retry) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, retry: bool = True) -> AsyncRetrying:
+        """Retries by `is_retryable`; with `retry=False` only a failed connection is retried, not an answer
+        (a listing that answers 500 will answer 500 again)."""
         return AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(is_retryable if retry else _unreachable),
             wait=wait_random_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
             stop=stop_after_attempt(self.max_retries + 1),
             reraise=True,
         )
 
-    async def _get(self, path: str) -> httpx2.Response:
+    async def _get(self, path: str, *, retry: bool = True) -> httpx2.Response:
         async def get() -> httpx2.Response:
             response = await self._http.get(self.server_url + path, headers=self._headers)
             response.raise_for_status()
             return response
 
-        response, _ = await self._call(get, model=None)
+        response, _ = await self._call(get, model=None, retry=retry)
         return response
 
     async def _post_json(
@@ -367,9 +548,17 @@ class Client:
         except ValueError:
             return {"text": response.text}
 
-    async def _translate(self, exc: Exception, model: str | None) -> Exception:
+    @property
+    def down_hint(self) -> str:
+        """What to do about an endpoint that does not answer: only a launched one is started by rolegraph."""
+        return SERVE_HINT if self.launched else attached_hint(self.base_url)
+
+    async def _translate(
+        self, exc: Exception, model: str | None, optional: set[str], retried: bool = True
+    ) -> Exception:
         """Turn a failed request into a one-line, typed RolegraphError."""
         where = f"endpoint '{self.name}' at {self.base_url}"
+        attempts = self.max_retries + 1
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
             return EndpointTimeoutError(
                 f"{where} did not answer within {self.timeout_s:.0f} s",
@@ -377,35 +566,59 @@ class Client:
             )
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
             return EndpointDownError(
-                f"{where} is unreachable after {self.max_retries + 1} attempts ({_reason(exc)})", SERVE_HINT
+                f"{where} is unreachable after {attempts} attempts ({_reason(exc)})", self.down_hint
             )
         status = _status_of(exc)
         if status is None:
             return exc
         detail = _server_message(exc)
         if status == 429 or status >= 500:
-            return EndpointDownError(
-                f"{where} answered HTTP {status} after {self.max_retries + 1} attempts: {detail}", SERVE_HINT
+            return ServerFailedError(
+                f"{where} answered HTTP {status} after {attempts if retried else 1} attempts: {detail}",
+                self.down_hint,
             )
         if status == 404 and model is not None:
-            served = await self._served_models()
+            served = await self.listed_models()
             # An empty or failed listing proves nothing (some servers list nothing): it stays a rejection.
             if served and model not in served:
                 return ModelNotFoundError(
                     f"{where} does not serve model '{model}' (it serves: {', '.join(served)})",
                     "bind the role to one of the served models, or load the adapter first",
                 )
-        return RequestRejectedError(
-            f"{where} rejected the request (HTTP {status}): {detail}",
-            "check the request: prompt length against max_model_len, sampling parameters, adapter paths",
-        )
+        message = f"{where} rejected the request (HTTP {status}): {detail}"
+        hint = "check the request: prompt length against max_model_len, sampling parameters, adapter paths"
+        named = fields_named(detail, optional - self.rejected_fields)
+        if named:
+            return FieldsRejectedError(message, hint, named)
+        return RequestRejectedError(message, hint)
 
-    async def _served_models(self) -> list[str]:
-        """What the endpoint serves, or [] when even listing fails (a failure is being reported already)."""
-        try:
-            return await self.list_models()
-        except Exception:
-            return []
+
+def fields_named(detail: str, fields: set[str]) -> set[str]:
+    """The `fields` a server's error message names; short names (`n`) only count when quoted."""
+    named = set()
+    for name in fields:
+        word = re.escape(name)
+        pattern = rf"(?<![\w]){word}(?![\w])" if len(name) > 2 else rf"['\"`]{word}['\"`]"
+        if re.search(pattern, detail):
+            named.add(name)
+    return named
+
+
+def _merged(results: list[CallResult]) -> CallResult:
+    """One result from the n=1 results that emulated `n`: their choices in order, usage added up."""
+    first = results[0]
+    unavailable: dict[str, str] = {}
+    for result in results:
+        unavailable.update(result.unavailable)
+    return dataclasses.replace(
+        first,
+        choices=[choice for result in results for choice in result.choices],
+        usage=Usage(
+            sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results)
+        ),
+        latency_s=max(r.latency_s for r in results),
+        unavailable=unavailable,
+    )
 
 
 def _extra(obj: Any, name: str) -> Any:

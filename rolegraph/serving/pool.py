@@ -1,8 +1,15 @@
-"""All endpoints a config's roles use, one Client each, and the live role → (endpoint, model) bindings."""
+"""All endpoints a config's roles use, one Client each, and the live role → (endpoint, model) bindings.
+
+An attached endpoint is probed on first use (see rolegraph.serving.capabilities; what the config declares is
+not probed) and the result cached for the pool's life, i.e. the run. A model such an endpoint does not list
+is used with a one-line warning once a 1-token request shows the server accepts the name.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 from types import MappingProxyType
 from typing import Any
@@ -10,7 +17,8 @@ from typing import Any
 from rich.console import Console
 
 from rolegraph.config import RoleBinding, RolegraphConfig, SamplingParams
-from rolegraph.errors import ConfigError, ModelNotFoundError
+from rolegraph.errors import ConfigError, ModelNotFoundError, RequestRejectedError
+from rolegraph.serving.capabilities import CHAT_PROBED, Capabilities, probe
 from rolegraph.serving.client import Client
 from rolegraph.serving.launcher import ServerHandle, launch_server
 
@@ -35,9 +43,13 @@ class EndpointPool:
         self.clients: dict[str, Client] = {}
         self.servers: dict[str, ServerHandle] = {}
         self.base_models: dict[str, str] = {}
+        """Endpoint → its base model (the listed one, or for an endpoint listing none the model its roles
+        are bound to)."""
         # Replaced wholesale on swap, never mutated: a reader always sees one consistent mapping.
         self._bindings: MappingProxyType[str, RoleBinding] = MappingProxyType({})
         self._swap_lock = asyncio.Lock()
+        self._accepted: set[tuple[str, str]] = set()
+        """(endpoint, model) pairs an endpoint that does not list them has answered."""
         self._started = False
 
     async def __aenter__(self) -> EndpointPool:
@@ -67,7 +79,15 @@ class EndpointPool:
                 await self._open_endpoint(name)
             bindings: dict[str, RoleBinding] = {}
             for role, binding in self.config.roles.items():
-                model = binding.model or self.base_models[binding.endpoint]
+                model = binding.model or self.base_models.get(binding.endpoint)
+                if model is None:
+                    raise ConfigError(
+                        f"role '{role}': endpoint '{binding.endpoint}' names no base model "
+                        "(its /v1/models lists none or fails)",
+                        f"set `roles.{role}.model` to the name the server at "
+                        f"{self.clients[binding.endpoint].base_url} serves",
+                    )
+                self.base_models.setdefault(binding.endpoint, model)
                 await self._check_served(binding.endpoint, model, role=role)
                 bindings[role] = binding.model_copy(update={"model": model})
             self._bindings = MappingProxyType(bindings)
@@ -91,6 +111,9 @@ class EndpointPool:
             self.servers[name] = handle
             base_url = handle.base_url
         assert base_url is not None  # the config guarantees base_url or launch
+        declared = Capabilities.declared(endpoint.capabilities)
+        if endpoint.launch is not None:
+            declared = declared.over(Capabilities.vllm(runtime_lora=endpoint.launch.enable_lora))
         client = Client(
             name,
             base_url,
@@ -98,20 +121,67 @@ class EndpointPool:
             max_concurrency=endpoint.max_concurrency,
             timeout_s=endpoint.timeout_s,
             max_retries=endpoint.max_retries,
+            launched=endpoint.launch is not None,
+            capabilities=declared,
         )
         self.clients[name] = client
-        self.base_models[name] = (
-            self.servers[name].model if name in self.servers else await client.base_model()
-        )
+        if name in self.servers:
+            self.base_models[name] = self.servers[name].model
+            return
+        with contextlib.suppress(ConfigError):  # roles bound to it must then name their model (see start)
+            self.base_models[name] = await client.base_model()
 
     async def _check_served(self, endpoint: str, model: str, *, role: str | None = None) -> None:
-        served = await self.clients[endpoint].list_models()
-        if model not in served:
-            who = f"role '{role}': " if role else ""
+        """The endpoint serves `model`: it lists it, or (attached) accepts it in a 1-token request."""
+        client = self.clients[endpoint]
+        served = await client.listed_models()
+        listed = served is not None and model in served
+        who = f"role '{role}': " if role else ""
+        unknown = set(client.capabilities.unknown)
+        chatted = bool(unknown & CHAT_PROBED)  # the probe sends a chat request with this model
+        if unknown:
+            try:
+                client.capabilities = await probe(client, model, skip=client.capabilities)
+            except RequestRejectedError as exc:
+                raise _rejected(who, endpoint, model, exc) from None
+        if listed or (endpoint, model) in self._accepted:
+            return
+        if client.launched or client.capabilities.lists_models:
             raise ModelNotFoundError(
-                f"{who}endpoint '{endpoint}' does not serve model '{model}' (it serves: {', '.join(served)})",
+                f"{who}endpoint '{endpoint}' does not serve model '{model}' "
+                f"(it serves: {', '.join(served or []) or 'nothing'})",
                 "bind the role to a served model, or load the adapter first",
             )
+        try:
+            if not chatted:
+                await client.chat(
+                    [{"role": "user", "content": "hi"}],
+                    model=model,
+                    sampling=SamplingParams(temperature=0.0, max_tokens=1),
+                )
+        except RequestRejectedError as exc:
+            raise _rejected(who, endpoint, model, exc) from None
+        self._accepted.add((endpoint, model))
+        why = "lists no models" if not served else f"lists only {', '.join(served)}"
+        self._console.print(
+            f"[yellow]warning[/] endpoint '{endpoint}' {why}; using the configured model '{model}'",
+            soft_wrap=True,
+        )
+
+    @property
+    def capabilities(self) -> dict[str, Capabilities]:
+        """Each open endpoint's capabilities, as probed or declared (record them with the run)."""
+        return {name: client.capabilities for name, client in self.clients.items()}
+
+    def capability_record(self) -> dict[str, dict[str, Any]]:
+        """The capabilities as JSON-able data: endpoint → {capability: true/false/null, "rejected_fields"}."""
+        return {
+            name: {
+                **dataclasses.asdict(client.capabilities),
+                "rejected_fields": sorted(client.rejected_fields),
+            }
+            for name, client in self.clients.items()
+        }
 
     def resolve(self, role: str) -> tuple[Client, str, SamplingParams]:
         """The client, model name and sampling defaults a role calls with right now."""
@@ -169,3 +239,11 @@ class EndpointPool:
         for handle in servers.values():
             if handle.owned:
                 await asyncio.to_thread(handle.stop)
+
+
+def _rejected(who: str, endpoint: str, model: str, exc: RequestRejectedError) -> ModelNotFoundError:
+    """The server's own words when it refuses a model name it does not list."""
+    return ModelNotFoundError(
+        f"{who}endpoint '{endpoint}' does not list model '{model}', and rejected it: {exc.message}",
+        "bind the role to the model name the server serves",
+    )

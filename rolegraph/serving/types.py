@@ -41,6 +41,9 @@ class CallResult:
     latency_s: float = 0.0
     prompt_token_ids: list[int] | None = None
     raw: dict[str, Any] | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """What the call asked for (or records by default: token ids) and the endpoint did not give, each with a
+    one-line reason naming the endpoint, e.g. {"token_ids": "endpoint 'x' does not return token ids"}."""
 
     @property
     def text(self) -> str:

@@ -54,7 +54,7 @@ CHAT_OK = {
 MODELS = {"object": "list", "data": [{"id": "m"}, {"id": "m-lora", "parent": "m"}]}
 
 
-def _fake_client(statuses: list[int], calls: list[int]) -> Client:
+def _fake_client(statuses: list[int], calls: list[int], *, launched: bool = False) -> Client:
     """A Client whose transport answers the given statuses in turn (then 200); /v1/models lists MODELS."""
 
     def handler(request: httpx2.Request) -> httpx2.Response:
@@ -68,7 +68,13 @@ def _fake_client(statuses: list[int], calls: list[int]) -> Client:
 
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
     return Client(
-        "fake", "http://127.0.0.1:9", max_retries=3, backoff_s=0.01, max_backoff_s=0.02, http_client=http
+        "fake",
+        "http://127.0.0.1:9",
+        max_retries=3,
+        backoff_s=0.01,
+        max_backoff_s=0.02,
+        http_client=http,
+        launched=launched,
     )
 
 
@@ -94,7 +100,7 @@ async def test_client_errors_are_rejections_and_not_retried(status: int) -> None
 
 async def test_gives_up_after_max_retries_with_a_clear_error() -> None:
     calls: list[int] = []
-    client = _fake_client([503] * 10, calls)
+    client = _fake_client([503] * 10, calls, launched=True)
     with pytest.raises(EndpointDownError, match="HTTP 503 after 4 attempts") as info:
         await client.chat([{"role": "user", "content": "x"}], model="m", sampling=SamplingParams())
     assert len(calls) == 4
@@ -110,7 +116,9 @@ async def test_connection_refused_names_the_url_and_the_fix() -> None:
     with pytest.raises(EndpointDownError) as info:
         await client.list_models()
     await client.aclose()
-    assert f"127.0.0.1:{port}/v1" in str(info.value) and "rolegraph serve" in str(info.value)
+    # rolegraph did not launch it: the hint never says to start it with `rolegraph serve`.
+    assert f"127.0.0.1:{port}/v1" in str(info.value) and "rolegraph serve" not in str(info.value)
+    assert "is running" in (info.value.hint or "")
     assert "after 3 attempts" in str(info.value)
     assert time.monotonic() - started < 5
 
@@ -143,7 +151,7 @@ async def test_adapter_requests_keep_their_type_and_hint_the_right_fix() -> None
     with pytest.raises(RequestRejectedError, match="could not load adapter 'a' from /nowhere") as info:
         await client.load_adapter("a", "/nowhere")
     assert "adapter_config.json" in (info.value.hint or "")
-    client = _fake_client([503] * 4, [])
+    client = _fake_client([503] * 4, [], launched=True)
     with pytest.raises(EndpointDownError, match="could not unload adapter 'a'") as down:
         await client.unload_adapter("a")
     assert "rolegraph serve" in (down.value.hint or "")
