@@ -92,18 +92,20 @@ class StoreReward:
     def from_store(cls, run_dirs: list[Path], rows: list[dict[str, Any]]) -> StoreReward:
         """Stored rewards of every recorded completion in the given runs, plus those in `rows`."""
         from rolegraph.store import Store
-        from rolegraph.store.export import choice_reward, scalar_reward
+        from rolegraph.store.rewards import step_training_reward
 
         reward = cls(rows)
         for run_dir in run_dirs:
             with Store(run_dir, create=False) as store:
+                run = store.run()
+                declared = run.rewards if run else []
                 episodes = {e.id: e for e in store.episodes()}
                 for step in store.steps(kind="role", finished_only=True):
                     key = prompt_key(step.messages)
                     for index, choice in enumerate(step.choices):
-                        rewards = choice_reward(step, index, episodes.get(step.episode_id))
-                        if rewards:
-                            reward.table[(key, choice.text)] = scalar_reward(rewards)
+                        value = step_training_reward(step, index, episodes.get(step.episode_id), declared)
+                        if value is not None:  # None: the infrastructure failed; the verifier decides
+                            reward.table[(key, choice.text)] = value
         return reward
 
     def __call__(

@@ -36,7 +36,7 @@ def _chain(*fns: NodeFn) -> Callable[[GraphContext], StateGraph]:
     def build(ctx: GraphContext) -> StateGraph:
         graph = StateGraph(EMState)
         for fn in fns:
-            graph.add_node(fn.__name__, _bind(fn, ctx))  # type: ignore[call-overload]
+            graph.add_node(fn.__name__, _bind(fn, ctx))  # type: ignore[arg-type, call-overload, unused-ignore]
         graph.add_edge(START, fns[0].__name__)
         for fn, after in itertools.pairwise(fns):
             graph.add_conditional_edges(fn.__name__, nodes.route, {"next": after.__name__, "stop": END})
