@@ -50,6 +50,19 @@ BUILTINS: dict[str, tuple[str, dict[str, Any], str]] = {
         },
         "rates a proposal on PromptCoT 1.0's five criteria; verdict perfect / acceptable / bad",
     ),
+    # Absolute Zero (graphs/azr): prompts of the proposer and solver roles; graphs/azr/parse.py parses them.
+    "azr_propose_deduction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: a program and an input"),
+    "azr_propose_abduction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: a program and an input"),
+    "azr_propose_induction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: inputs and a message"),
+    "azr_solve_deduction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: the output, R1 format"),
+    "azr_solve_abduction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: an input, R1 format"),
+    "azr_solve_induction": ("text", {"temperature": 1.0, "max_tokens": 512}, "AZR: the program, R1 format"),
+    # CoRT (graphs/cort): the TIR solver continues its own token ids; the graph extracts the \boxed{} answer.
+    "cort_solver": (
+        "text",
+        {"temperature": 0.7, "max_tokens": 1024},
+        "CoRT: reasons with ```python cells run in a stateful sandbox session; answer in \\boxed{}",
+    ),
 }
 
 PREFILL_EXTRA = {"continue_final_message": True, "add_generation_prompt": False}

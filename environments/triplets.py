@@ -16,7 +16,7 @@ from typing import Any
 
 from rolegraph.environments.policy import DEFAULT_POLICY, Policy
 from rolegraph.environments.pyparse import literal_eval, parse_expression, parse_module
-from rolegraph.environments.sandbox.base import ExecResult, Limits
+from rolegraph.environments.sandbox.base import ExecResult, Limits, Status
 from rolegraph.environments.sandbox.pool import Job, SandboxPool
 
 FUNC = "f"
@@ -104,6 +104,57 @@ def literals_equal(left: str | None, right: str | None) -> bool:
         return False
 
 
+AZR_POLICY = Policy(
+    banned_modules=DEFAULT_POLICY.banned_modules
+    | {"builtins", "gc", "ctypes", "inspect", "types", "io", "pathlib", "signal", "resource", "tempfile"},
+    banned_names=DEFAULT_POLICY.banned_names
+    | {
+        "__builtins__",
+        "globals",
+        "locals",
+        "vars",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__loader__",
+        "__spec__",
+    },
+)
+"""The policy for self-proposed tasks (Absolute Zero): also no reflection a program could reach a banned
+module or builtin through (`getattr(__builtins__, '__imp' + 'ort__')`), whatever the strings it builds."""
+
+
+def module_patches(code: str) -> list[str]:
+    """Assignments to (or deletions of) attributes of modules the program imports, e.g. `math.floor = g`.
+
+    Each run is a fresh fork, so a patch cannot reach a later run; a task built on one is still not a task
+    about its own program, so proposals that patch are invalid."""
+    try:
+        tree = parse_module(code)
+    except (SyntaxError, ValueError):
+        return []
+    modules = {
+        (alias.asname or alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    targets: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets += node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets.append(node.target)
+    found = []
+    for target in targets:
+        base = target
+        while isinstance(base, ast.Attribute | ast.Subscript):
+            base = base.value
+        if target is not base and isinstance(base, ast.Name) and base.id in modules:
+            found.append(f"patches module {base.id}")
+    return sorted(set(found))
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 
@@ -115,6 +166,8 @@ class Validation:
     output: str | None = None
     deterministic: bool = False
     error: str | None = None
+    infrastructure: bool = False
+    """The sandbox itself failed: nothing is known about the proposal (its reward is None, not a penalty)."""
 
 
 @dataclass
@@ -125,6 +178,8 @@ class Judgement:
     correct: bool
     error: str | None = None
     outputs: list[str | None] | None = None
+    infrastructure: bool = False
+    """The sandbox itself failed: the score says nothing about the answer (its reward is None, not 0)."""
 
 
 class TripletRunner:
@@ -214,7 +269,8 @@ class TripletRunner:
             return Judgement(0.0, False, error)
         result = self.pool.execute(self._call_job(code, predicted_input))
         if not result.ok:
-            return Judgement(0.0, False, result.error or str(result.status), [None])
+            failed = result.status == Status.SANDBOX_ERROR
+            return Judgement(0.0, False, result.error or str(result.status), [None], infrastructure=failed)
         correct = literals_equal(gold_output, result.value)
         return Judgement(float(correct), correct, None, [result.value])
 
@@ -234,7 +290,8 @@ class TripletRunner:
             for bad, r, (_, gold) in zip(bad_inputs, results, cases, strict=True)
         ]
         score = sum(solved) / len(cases)
-        return Judgement(score, all(solved), None, outputs)
+        failed = any(r.status == Status.SANDBOX_ERROR for r in results)
+        return Judgement(score, all(solved), None, outputs, infrastructure=failed)
 
     async def ajudge_abduction(self, code: str, gold_output: str, predicted_input: str) -> Judgement:
         return await asyncio.to_thread(self.judge_abduction, code, gold_output, predicted_input)
@@ -245,6 +302,9 @@ class TripletRunner:
 
 def _validation_from_runs(runs: list[ExecResult]) -> Validation:
     first = runs[0]
+    if any(r.status == Status.SANDBOX_ERROR for r in runs):
+        failed = next(r for r in runs if r.status == Status.SANDBOX_ERROR)
+        return Validation(valid=False, error=failed.error or "the sandbox failed", infrastructure=True)
     if not first.ok or first.value is None:
         return Validation(valid=False, error=first.error or f"program run ended with {first.status}")
     if not parse_literal(first.value)[0]:

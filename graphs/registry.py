@@ -16,6 +16,7 @@ from rolegraph.graphs.base import GraphDef
 BUILTIN: dict[str, str] = {
     "promptcot": "rolegraph.graphs.promptcot.graph:PROMPTCOT",
     "cort": "rolegraph.graphs.cort.graph:CORT",
+    "azr": "rolegraph.graphs.azr.graph:AZR",
 }
 """Built-in graph name → `module:attribute` of its GraphDef (imported only when asked for)."""
 

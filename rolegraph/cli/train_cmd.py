@@ -453,8 +453,9 @@ def list_adapters(config: Path | None = ConfigOpt, role: list[str] = RoleOpt) ->
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    from rolegraph.cli import cort_cmd  # imported here: cort_cmd builds on this module
+    from rolegraph.cli import azr_cmd, cort_cmd  # imported here: they build on this module
 
+    train_app.command("azr")(azr_cmd.train_azr)
     train_app.command("rft")(cort_cmd.rft)
     train_app.command("tir-grpo")(cort_cmd.tir_grpo)
     app.add_typer(train_app, name="train")
