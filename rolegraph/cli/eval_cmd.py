@@ -127,4 +127,9 @@ def cruxeval_report(run_dir: Path) -> CruxReport:
 
 
 def register(app: typer.Typer) -> None:
+    """Add `rolegraph eval` with its benchmarks to the root app."""
+    from rolegraph.cli import eval_tasks
+
+    eval_app.command("math")(eval_tasks.math)
+    eval_app.command("code")(eval_tasks.code)
     app.add_typer(eval_app, name="eval")

@@ -52,6 +52,12 @@ def math(
     solver_graph: str = typer.Option(
         "direct", "--solver-graph", help="How an answer is produced: direct (one call per problem)."
     ),
+    tir: bool = typer.Option(
+        False,
+        "--tir",
+        help="CoRT: the tool-integrated solver beside the plain one, in one run (graphs/cort).",
+    ),
+    max_calls: int = typer.Option(15, "--max-calls", min=0, help="With --tir: code executions per attempt."),
     sandbox: str = SandboxOpt,
     run_dir: Path | None = RunDirOpt,
     concurrency: int = ConcurrencyOpt,
@@ -61,6 +67,26 @@ def math(
     prompts_dir: Path | None = PromptsOpt,
 ) -> None:
     """Math accuracy: the last \\boxed{} answer checked with math-verify against the problem's `answer`."""
+    if tir:
+        from rolegraph.cli.eval_math import math as tir_math
+        from rolegraph.eval.tasks import default_file
+
+        tir_math(
+            problems=file or default_file("math"),
+            n=n,
+            tir=True,
+            run_dir=run_dir or Path("runs/eval-math-tir"),
+            samples=samples or k,
+            max_tokens=max_tokens,
+            max_calls=max_calls,
+            sandbox=sandbox,
+            concurrency=concurrency,
+            seed=seed,
+            config=config,
+            role=role,
+            prompts_dir=prompts_dir,
+        )
+        return
     _evaluate(
         "math", file, config, role, solver_role, prompts_dir, run_dir, k=k, samples=samples,
         temperature=temperature, n=n, max_tokens=max_tokens, seed=seed, solver=solver_graph, sandbox=sandbox,
