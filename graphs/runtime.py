@@ -11,27 +11,48 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
+import threading
 import time
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rolegraph.config import RoleBinding, RolegraphConfig
 from rolegraph.errors import ModelNotFoundError, RolegraphError, failure_kind
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
 from rolegraph.graphs.role_calls import RolePool, RunStats, RuntimeContext
 from rolegraph.store import Store
+from rolegraph.store.check import CHECKPOINT_FILE
+from rolegraph.store.db import DiskFullError, damage, disk_full
+from rolegraph.store.lock import RunDirInUseError, RunLock
+from rolegraph.terminal import escape_controls, safe, safe_console
 
-CHECKPOINT_FILE = "checkpoints.sqlite"
 PREPARE_FILE = "prepare.json"
 PREPARE_EPISODE = "__prepare__"
 """Pseudo-episode id under which a graph's run-level `prepare` calls are recorded."""
 ABORT_AFTER_ENDPOINT_FAILURES = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunInterruptedError(RolegraphError):
+    """The run was stopped by SIGTERM or SIGINT; what finished is kept and a re-run resumes."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(
+            f"{signal.Signals(signum).name} stopped the run in {run_dir}",
+            "re-run the same command to resume it",
+        )
+        self.signum = signum
 
 
 # --- summary ----------------------------------------------------------------------------------------------
@@ -84,38 +105,46 @@ class RunSummary:
         )
 
     def render(self, console: Console) -> None:
-        head = (
-            f"[bold]{self.graph}[/] in {self.run_dir}: {self.finished}/{self.episodes} episodes finished, "
-            f"[green]{self.kept} kept[/], [yellow]{self.rejected} rejected[/]"
-            + (f", [red]{self.failed} failed[/]" if self.failed else "")
-            + (f", {self.running} unfinished" if self.running else "")
-            + f"; acceptance {self.acceptance_rate:.0%}"
+        """Print the summary; names and reasons come from run records, so they are printed as safe text."""
+        head = Text.assemble(
+            safe(self.graph, "bold"),
+            " in ",
+            safe(self.run_dir),
+            f": {self.finished}/{self.episodes} episodes finished, ",
+            (f"{self.kept} kept", "green"),
+            ", ",
+            (f"{self.rejected} rejected", "yellow"),
+            (f", {self.failed} failed", "red") if self.failed else "",
+            f", {self.running} unfinished" if self.running else "",
+            f"; acceptance {self.acceptance_rate:.0%}",
         )
         if self.elapsed_s:
-            head += f"; {self.elapsed_s:.1f} s, {self.tokens_per_s:.1f} tok/s"
+            head.append(f"; {self.elapsed_s:.1f} s, {self.tokens_per_s:.1f} tok/s")
         console.print(head)
         usage = Table(title="tokens per role", title_justify="left")
         for column in ("role", "calls", "prompt tokens", "completion tokens"):
             usage.add_column(column, justify="left" if column == "role" else "right")
         for role, u in self.usage.items():
-            usage.add_row(role, str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]))
+            usage.add_row(safe(role), str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]))
         console.print(usage)
         if self.failures:
             kinds = ", ".join(f"{kind} {count}" for kind, count in self.failures.items())
-            console.print(f"failed episodes by kind: {kinds} (re-run the same --run-dir to retry them)")
+            console.print(safe(f"failed episodes by kind: {kinds} (re-run the same --run-dir to retry them)"))
         if self.no_reward:
             names = ", ".join(f"{name} {count}" for name, count in self.no_reward.items())
-            console.print(f"rewards the infrastructure could not compute (left out of training): {names}")
+            console.print(
+                safe(f"rewards the infrastructure could not compute (left out of training): {names}")
+            )
         if self.reasons:
             reasons = Table(title="rejection reasons", title_justify="left")
             reasons.add_column("reason")
             reasons.add_column("episodes", justify="right")
             for reason, count in self.reasons.items():
-                reasons.add_row(reason, str(count))
+                reasons.add_row(safe(reason), str(count))
             console.print(reasons)
-        console.print(f"data: {self.run_dir / 'store.sqlite'}")
+        console.print(safe(f"data: {self.run_dir / 'store.sqlite'}"))
         console.print(
-            f"export: rolegraph export {self.run_dir} --format sft --out {self.run_dir / 'sft.jsonl'}"
+            safe(f"export: rolegraph export {self.run_dir} --format sft --out {self.run_dir / 'sft.jsonl'}")
         )
 
 
@@ -188,6 +217,8 @@ class _Runner:
         except (ModelNotFoundError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if disk_full(exc):  # stop the run: recording this episode as failed would fail (or lie) too
+                raise exc if isinstance(exc, DiskFullError) else DiskFullError(self.store.run_dir) from None
             if key in self.ctx.endpoint_errors:  # the node failed because a call never reached a model
                 await self._endpoint_failure(key)
                 return
@@ -254,23 +285,76 @@ async def run_graph(
     console: Console | None = None,
     progress: bool = True,
     prompts_dir: Path | None = None,
+    wait: bool = False,
 ) -> RunSummary:
     """Run (or resume) `params.n` episodes of `graph` into `run_dir` and return the summary.
 
     `config_or_pool` is a config (the endpoints are launched or attached for the run and released after) or an
     already open pool, e.g. `rolegraph.serving.EndpointPool` (or a fake with `resolve(role)` in unit tests).
+    The run holds `run_dir`'s writer lock throughout: another writer is refused (RunDirInUseError), or with
+    `wait` waited for. SIGTERM and SIGINT stop it cleanly (RunInterruptedError): launched servers are stopped
+    and a re-run resumes.
     """
     if concurrency < 1:
         raise RolegraphError(
             f"concurrency must be at least 1, got {concurrency}", "pass --concurrency 1 or more"
         )
     run_dir = Path(run_dir)
-    console = console or Console(stderr=True)
+    console = console or safe_console(stderr=True)
+    with stop_on_signals(run_dir):
+        try:
+            return await _locked_run(
+                graph, config_or_pool, params, run_dir, concurrency, console, progress, prompts_dir, wait
+            )
+        except Exception as exc:
+            if disk_full(exc) and not isinstance(exc, DiskFullError):
+                raise DiskFullError(run_dir) from None
+            raise
+
+
+async def _locked_run(
+    graph: GraphDef,
+    config_or_pool: RolegraphConfig | RolePool,
+    params: RunParams,
+    run_dir: Path,
+    concurrency: int,
+    console: Console,
+    progress: bool,
+    prompts_dir: Path | None,
+    wait: bool,
+) -> RunSummary:
+    def waiting(held: RunDirInUseError) -> None:
+        console.print(safe(f"{held.message}; waiting for it (--wait)"))
+
+    lock = await RunLock(run_dir).acquire_async(wait=wait, on_wait=waiting)
+    try:
+        return await _run(graph, config_or_pool, params, run_dir, concurrency, console, progress, prompts_dir)
+    finally:
+        lock.release()
+
+
+async def _run(
+    graph: GraphDef,
+    config_or_pool: RolegraphConfig | RolePool,
+    params: RunParams,
+    run_dir: Path,
+    concurrency: int,
+    console: Console,
+    progress: bool,
+    prompts_dir: Path | None,
+) -> RunSummary:
     params = dataclasses.replace(params, run_dir=run_dir)
     config = config_or_pool if isinstance(config_or_pool, RolegraphConfig) else None
     if config is not None:
         config = bind_missing_roles(config, graph.roles)
     started = time.monotonic()
+    checkpoints = run_dir / CHECKPOINT_FILE
+    problem = damage(checkpoints) if checkpoints.is_file() else None
+    if problem is not None:
+        raise RolegraphError(
+            f"the checkpoints {checkpoints} are damaged: {problem}",
+            "restore them from a copy, or start a new --run-dir (rolegraph leaves this file as it is)",
+        )
     store = Store(run_dir)
     try:
         store.start_run(
@@ -297,9 +381,7 @@ async def run_graph(
             finished = store.finished_ids()
             todo = [item for item in inputs if item.key not in finished]
             stats.skipped = len(inputs) - len(todo)
-            saver = await stack.enter_async_context(
-                AsyncSqliteSaver.from_conn_string(str(run_dir / CHECKPOINT_FILE))
-            )
+            saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(checkpoints)))
             compiled = graph.build(ctx).compile(checkpointer=saver)
             spec = getattr(graph, "spec", None)
             limit = 25
@@ -314,6 +396,52 @@ async def run_graph(
         )
     finally:
         store.close()
+
+
+_RECEIVED: ContextVar[list[int] | None] = ContextVar("rolegraph_stop_signals", default=None)
+"""The signals received by the active `stop_on_signals` scope (None outside one)."""
+
+
+@contextmanager
+def stop_on_signals(run_dir: Path | str) -> Iterator[None]:
+    """Inside, the first SIGTERM or SIGINT cancels the current task, which unwinds cleanly (servers the
+    command launched are stopped) and surfaces as RunInterruptedError; a second signal acts as it would
+    outside (Ctrl-C twice). Scopes nest (a command around several runs): the outermost owns the handlers.
+    Signals reach only the main thread, so elsewhere this does nothing."""
+    task = asyncio.current_task()
+    outer = _RECEIVED.get()
+    owner = outer is None and task is not None and threading.current_thread() is threading.main_thread()
+    received: list[int] = [] if outer is None else outer
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        if len(received) == 1 and task is not None:
+            task.cancel()
+        restore()
+
+    if owner:
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+    token = _RECEIVED.set(received)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not received or task is None:
+            raise
+        task.uncancel()
+        raise RunInterruptedError(received[0], Path(run_dir)) from None
+    finally:
+        _RECEIVED.reset(token)
+        if owner:
+            restore()
 
 
 def _check_unique(inputs: list[EpisodeInput], graph: str) -> None:
@@ -337,7 +465,8 @@ async def _run_all(
 ) -> None:
     semaphore = asyncio.Semaphore(concurrency)
     bar = _progress(console)
-    task = bar.add_task(runner.graph.name, total=total, completed=stats.skipped, **_fields(stats))
+    name = escape(escape_controls(runner.graph.name, one_line=True))
+    task = bar.add_task(name, total=total, completed=stats.skipped, **_fields(stats))
 
     async def one(item: EpisodeInput) -> None:
         async with semaphore:

@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from rolegraph.errors import ConfigError, RolegraphError
+from rolegraph.terminal import safe, safe_console
 
 if TYPE_CHECKING:
     from rolegraph.graphs.base import GraphDef
     from rolegraph.store.records import Step
 
-console = Console()
-err_console = Console(stderr=True)
+console = safe_console()
+err_console = safe_console(stderr=True)
 
 
 def parse_sets(items: list[str], graph: GraphDef) -> dict[str, Any]:
@@ -67,6 +68,9 @@ def run(
     prompts_dir: Path | None = typer.Option(
         None, "--prompts-dir", help="Override role prompts with ROLE.md files."
     ),
+    wait: bool = typer.Option(
+        False, "--wait", help="If another command is writing RUN_DIR, wait for it instead of failing."
+    ),
 ) -> None:
     """Run (or resume) N episodes of a graph and store every step in RUN_DIR."""
     from rolegraph.config import load_config
@@ -88,6 +92,7 @@ def run(
             concurrency=concurrency,
             console=err_console,
             prompts_dir=prompts_dir,
+            wait=wait,
         )
     )
     summary.render(console)
@@ -99,20 +104,31 @@ runs_app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 
 @runs_app.command("list")
 def runs_list(root: Path = typer.Argument(Path("runs"), help="Directory to search for runs.")) -> None:
-    """List the run directories under ROOT with their graph and episode counts."""
+    """List the run directories under ROOT with their graph, episode counts and, for live runs, the writer's
+    pid (read without taking any lock)."""
     from rolegraph.store import STORE_FILE, Store
+    from rolegraph.store.lock import live_writer
 
     found = sorted({p.parent for p in root.rglob(STORE_FILE)}) if root.is_dir() else []
     if not found:
-        console.print(f"no runs under {root}")
+        console.print(safe(f"no runs under {root}"))
         return
     table = Table()
-    for column in ("run dir", "graph", "started", "episodes", "kept", "rejected", "failed", "unfinished"):
-        table.add_column(column, justify="left" if column in ("run dir", "graph", "started") else "right")
+    columns = ("run dir", "graph", "started", "live", "episodes", "kept", "rejected", "failed", "unfinished")
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("run dir", "graph", "started", "live") else "right"
+        )
     for run_dir in found:
-        with Store(run_dir, create=False) as store:
-            run_record = store.run()
-            counts = store.counts()
+        writer = live_writer(run_dir)
+        live = safe(f"pid {writer.pid}", "bold green") if writer is not None else safe("-")
+        try:
+            with Store(run_dir, create=False) as store:
+                run_record = store.run()
+                counts = store.counts()
+        except RolegraphError as exc:  # one damaged run does not hide the others
+            table.add_row(safe(run_dir), safe(exc.message, "red"), "", live, *([""] * 5))
+            continue
         started = (
             datetime.datetime.fromtimestamp(run_record.created_at).strftime("%Y-%m-%d %H:%M")
             if run_record
@@ -120,9 +136,10 @@ def runs_list(root: Path = typer.Argument(Path("runs"), help="Directory to searc
         )
         total = counts["finished"] + counts["failed"] + counts["running"]
         table.add_row(
-            str(run_dir),
-            run_record.graph if run_record else "?",
+            safe(run_dir),
+            safe(run_record.graph if run_record else "?"),
             started,
+            live,
             str(total),
             str(counts["kept"]),
             str(counts["rejected"]),
@@ -130,6 +147,25 @@ def runs_list(root: Path = typer.Argument(Path("runs"), help="Directory to searc
             str(counts["running"]),
         )
     console.print(table)
+
+
+@runs_app.command("check")
+def runs_check(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Check a run directory (SQLite integrity, steps of finished episodes, no step current twice, checkpoints
+    agree with the store, exports not older than the run): one line per problem, or "ok". Reads only."""
+    from rolegraph.store.check import check_run
+    from rolegraph.store.lock import live_writer
+
+    writer = live_writer(run_dir)
+    if writer is not None:
+        err_console.print(safe(f"note: pid {writer.pid} ({writer.command}) is writing {run_dir}"))
+    problems = check_run(run_dir)
+    if not problems:
+        console.print(safe(f"{run_dir}: ok"))
+        return
+    for problem in problems:
+        console.print(safe(f"{run_dir}: {problem.kind}: {problem.message}"), soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @runs_app.command("show")
@@ -148,10 +184,19 @@ def runs_show(
         else:
             run_record = None
     if episode is None:
-        if run_record is not None and run_record.graph == "em":
+        graph = run_record.graph if run_record is not None else None
+        if graph == "em":
             from rolegraph.trainers.em import render_em_report
 
             render_em_report(run_dir, console)
+        elif graph == "cort":
+            from rolegraph.graphs.cort.report import render_cort_report
+
+            render_cort_report(run_dir, console)
+        elif graph == "azr-train":
+            from rolegraph.trainers.azr import render_azr_report
+
+            render_azr_report(run_dir, console)
         return
     with Store(run_dir, create=False) as store:
         record = store.episode(episode)
@@ -162,12 +207,15 @@ def runs_show(
     if record is not None:
         status = record.status + (f", kept={record.kept}" if record.kept is not None else "")
         console.print(
-            f"[bold]episode {record.id}[/]: {status}, attempts {record.attempts}"
-            + (f", reason: {record.reason}" if record.reason else "")
-            + (f", error ({record.error_kind or 'other'}): {record.error}" if record.error else "")
+            safe(f"episode {record.id}", "bold")
+            + safe(
+                f": {status}, attempts {record.attempts}"
+                + (f", reason: {record.reason}" if record.reason else "")
+                + (f", error ({record.error_kind or 'other'}): {record.error}" if record.error else "")
+            )
         )
         if record.rewards or record.metrics:
-            console.print(f"rewards: {record.rewards}; metrics: {record.metrics}")
+            console.print(safe(f"rewards: {record.rewards}; metrics: {record.metrics}"))
         console.print(Panel(_pretty(record.input), title="input", title_align="left"))
     for step in steps:
         console.print(_step_panel(step))
@@ -176,36 +224,36 @@ def runs_show(
 
 
 def _pretty(value: Any) -> Text:
-    return Text(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    return safe(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def _step_panel(step: Step) -> Panel:
+    """One step's trace. Everything in it came from a model, a program or a run record: all safe text."""
     parts: list[Any] = []
     for message in step.messages:
-        parts.append(
-            Text(f"[{message.get('role')}] ", style="bold cyan") + Text(str(message.get("content", "")))
-        )
+        parts.append(safe(f"[{message.get('role')}] ", "bold cyan") + safe(message.get("content", "")))
     for index, choice in enumerate(step.choices):
-        parts.append(Text(f"── completion {index} ({choice.finish_reason})", style="bold green"))
-        parts.append(Text(choice.text))
+        parts.append(safe(f"── completion {index} ({choice.finish_reason})", "bold green"))
+        parts.append(safe(choice.text))
         if choice.parse_error:
-            parts.append(Text(f"parse error: {choice.parse_error}", style="red"))
+            parts.append(safe(f"parse error: {choice.parse_error}", "red"))
         else:
-            parts.append(Text(f"parsed: {json.dumps(choice.parsed, ensure_ascii=False)}", style="magenta"))
+            parts.append(safe(f"parsed: {json.dumps(choice.parsed, ensure_ascii=False)}", "magenta"))
         if step.rewards and index < len(step.rewards) and step.rewards[index]:
-            parts.append(Text(f"rewards: {step.rewards[index]}", style="yellow"))
+            parts.append(safe(f"rewards: {step.rewards[index]}", "yellow"))
     if step.kind == "env":
         parts.append(Text("request: ", style="bold cyan") + _pretty(step.request))
         parts.append(Text("response: ", style="bold green") + _pretty(step.response))
     if step.metrics:
-        parts.append(Text(f"metrics: {step.metrics}", style="yellow"))
+        parts.append(safe(f"metrics: {step.metrics}", "yellow"))
     if step.error:
-        parts.append(Text(f"error ({step.error_kind or 'other'}): {step.error}", style="bold red"))
-    title = (
+        parts.append(safe(f"error ({step.error_kind or 'other'}): {step.error}", "bold red"))
+    title = safe(
         f"step {step.id} · node {step.node} · {step.kind} {step.role}"
         + (f" · {step.endpoint}/{step.model}" if step.model else "")
         + f" · {step.latency_s:.2f}s · {step.prompt_tokens}+{step.completion_tokens} tok"
-        + f" · attempt {step.attempt}"
+        + f" · attempt {step.attempt}",
+        one_line=True,
     )
     return Panel(
         Group(*parts), title=title, title_align="left", border_style="dim" if step.error is None else "red"
@@ -224,7 +272,7 @@ def export(
     from rolegraph.store import export_run
 
     report = export_run(run_dir, out, fmt=fmt, role=role, kept_only=kept_only)
-    console.print(f"wrote {report.rows} {fmt} rows to {out}")
+    console.print(safe(f"wrote {report.rows} {fmt} rows to {out}"))
     if report.no_reward:
         console.print(
             f"left out {report.no_reward} completions whose training reward the infrastructure could not"
@@ -238,11 +286,11 @@ graph_app = typer.Typer(help="List, check and draw graphs.", no_args_is_help=Tru
 
 @graph_app.command("list")
 def graph_list() -> None:
-    """List the built-in graphs."""
-    from rolegraph.graphs.registry import list_graphs
+    """List the built-in and plugin graphs, with where each comes from."""
+    from rolegraph.graphs.registry import graph_sources
 
-    for name in list_graphs():
-        console.print(name)
+    for source in graph_sources():
+        console.print(safe(f"{source.name}  {source.source}"))
 
 
 @graph_app.command("show")
@@ -258,23 +306,21 @@ def graph_show(
     console.print(to_mermaid(graph_def), markup=False, highlight=False, soft_wrap=True)
     if out is not None:
         write_drawing(graph_def, out)
-        err_console.print(f"drew {graph_def.name} to {out}")
+        err_console.print(safe(f"drew {graph_def.name} to {out}"))
 
 
 @graph_app.command("check")
-def graph_check(spec: Path = typer.Argument(..., help="A YAML graph spec.")) -> None:
-    """Validate a YAML spec and list every problem, each naming its node."""
-    from rolegraph.graphs.spec import load_spec, validate_spec
+def graph_check(graph: str = typer.Argument(..., help="A YAML graph spec, or a graph's name.")) -> None:
+    """Validate a graph and list every problem, each naming its node."""
+    from rolegraph.graphs.registry import check_graph
 
-    problems = validate_spec(load_spec(spec))
+    problems = check_graph(graph)
     if not problems:
-        console.print(f"{spec}: ok")
+        console.print(safe(f"{graph}: ok"))
         return
-    for problem in problems:
-        err_console.print(
-            f"{spec}: node '{problem.node}': {problem.kind}: {problem.message}", highlight=False
-        )
-    raise RolegraphError(f"{spec}: {len(problems)} problem(s) in the graph", "fix the nodes named above")
+    for problem in problems:  # each message names its node
+        err_console.print(safe(f"{graph}: {problem.kind}: {problem.message}"))
+    raise RolegraphError(f"{graph}: {len(problems)} problem(s) in the graph", "fix the nodes named above")
 
 
 def register(app: typer.Typer) -> None:

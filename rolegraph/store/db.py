@@ -1,13 +1,15 @@
 """The trajectory store: run → episode → step in one SQLite file (WAL) inside the run directory.
 
-One writer (the runtime's event loop) commits after every step and every episode change, so a process killed
-at any moment leaves only complete rows. Steps are never rewritten; a step whose node was interrupted is only
-flagged `superseded` when its episode resumes, so readers skip it.
+One writer (the runtime's event loop; the run directory's lock, `rolegraph.store.lock`, keeps it to one
+process) commits after every step and every episode change, so a process killed at any moment leaves only
+complete rows. Steps are never rewritten; a step whose node was interrupted is only flagged `superseded` when
+its episode resumes, so readers skip it. Readers open the file read-only, and a damaged file is never written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sqlite3
 import time
@@ -103,6 +105,56 @@ CREATE TABLE IF NOT EXISTS training_runs (
 """
 
 
+SYNCHRONOUS = "NORMAL"
+"""WAL with synchronous=NORMAL: a commit survives the process being killed (bench/store.py measures FULL)."""
+SQLITE_FULL = 13
+
+
+class DiskFullError(RolegraphError):
+    """A write failed because the disk (or the file system holding the run directory) is full."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(
+            f"the disk is full: cannot write {path}",
+            "free space on that file system, then re-run the same command to resume",
+        )
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when `exc` (or what it was raised from) is SQLite's or the OS's 'no space left'."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return True
+        if (
+            isinstance(seen, sqlite3.Error)
+            and (getattr(seen, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_FULL
+        ):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot change the file (readers, checks of a possibly damaged store)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+
+
+def damage(path: Path | str) -> str | None:
+    """SQLite's quick check of a database file, read-only: None when sound, else the first problem."""
+    try:
+        db = _read_only(Path(path))
+        try:
+            answer = str(db.execute("PRAGMA quick_check").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if answer == "ok" else answer.splitlines()[0]
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
@@ -118,6 +170,10 @@ class Store:
     """
 
     def __init__(self, run_dir: Path | str, *, create: bool = True) -> None:
+        """Open the run's store: as its writer (`create`, the default), or read-only (`create=False`).
+
+        A store that fails SQLite's quick check is refused with one line naming the file, and never written.
+        """
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
         if not create and not self.path.is_file():
@@ -125,15 +181,25 @@ class Store:
                 f"{self.run_dir} holds no rolegraph run (no {STORE_FILE})",
                 "pass a directory written by `rolegraph run --run-dir DIR`",
             )
+        problem = damage(self.path) if self.path.is_file() else None
+        if problem is not None:
+            raise RolegraphError(
+                f"the store {self.path} is damaged: {problem}",
+                "restore it from a copy, or start a new --run-dir (rolegraph leaves this file as it is)",
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             if create:
+                self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
                 self._db.executescript(_SCHEMA)
                 self._add_missing_columns()
+            else:
+                self._db = _read_only(self.path)
         except sqlite3.DatabaseError as exc:
+            if disk_full(exc):
+                raise DiskFullError(self.path) from None
             raise RolegraphError(
                 f"cannot open the store {self.path}: {exc}",
                 "check the file is a rolegraph store and not in use",
@@ -158,14 +224,20 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction; nothing of it is visible if the process dies inside."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One committed transaction; nothing of it is visible if the process dies inside, or if the disk is
+        full (DiskFullError)."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFullError(self.path) from None
             raise
-        self._db.execute("COMMIT")
 
     def integrity_check(self) -> str:
         """SQLite's `PRAGMA integrity_check` answer ('ok' when the file is sound)."""
