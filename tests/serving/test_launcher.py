@@ -166,5 +166,7 @@ def test_attaching_to_a_stopped_server_is_a_one_line_cli_error(tmp_path: Path) -
     path.write_text(f"endpoints:\n  gone:\n    base_url: http://127.0.0.1:{port}/v1\n    max_retries: 0\n")
     result = _cli("serve", "--config", str(path), timeout=60)
     assert result.returncode == 2
-    assert result.stderr.startswith("error:") and "rolegraph serve" in result.stderr
+    # an attached endpoint is not rolegraph's to start: the hint says to check it, not to `rolegraph serve` it
+    assert result.stderr.startswith("error:") and "is running" in result.stderr
+    assert "rolegraph serve" not in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

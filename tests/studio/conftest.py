@@ -81,7 +81,7 @@ def studio_server() -> Iterator[StudioServer]:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Debian's headless Chromium, driven by Playwright (no browser download)."""
     if not Path(CHROMIUM).is_file():
