@@ -211,7 +211,11 @@ class _Runner:
                 completed = await self._completed_tasks(config) if snapshot.values else None
                 self.store.supersede_interrupted(key, attempt, completed)
             if attempt > 1 and snapshot.values:
-                final = await self.compiled.ainvoke(None, config) if snapshot.next else snapshot.values
+                # A task whose writes were saved but whose super-step never checkpointed is not in `next`:
+                # invoking applies its writes and goes on, where returning the snapshot would end the episode
+                # half-done.
+                pending = snapshot.next or snapshot.tasks
+                final = await self.compiled.ainvoke(None, config) if pending else snapshot.values
             else:
                 final = await self.compiled.ainvoke({**item.state, "episode_id": key}, config)
         except (ModelNotFoundError, asyncio.CancelledError):
