@@ -126,7 +126,7 @@ async def _probe(
             name,
             url,
             api_key=endpoint.api_key,
-            max_retries=0,
+            max_retries=2,  # the probe's requests only: a dropped connection is not a missing capability
             timeout_s=30.0,
             launched=endpoint.launch is not None,
             capabilities=declared,

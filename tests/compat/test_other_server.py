@@ -150,6 +150,6 @@ def test_endpoints_status_shows_the_capabilities(
         main()
     out = capsys.readouterr().out
     assert info.value.code in (0, None)
-    assert "attached" in out and "up" in out and "lacks:" in out and "has:" not in out
+    assert "attached" in out and "up" in out and "lacks:" in out and "has:" not in out, out
     lacks = "lists_models n logprobs token_ids prompt_logprobs structured_outputs runtime_lora tokenize"
     assert all(name in out for name in lacks.split())  # the table may wrap the cell
