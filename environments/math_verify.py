@@ -6,13 +6,18 @@ timeouts there and turn them off elsewhere (worker threads), where a length cap 
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from math_verify import parse as _mv_parse
 from math_verify import verify as _mv_verify
+
+from rolegraph.errors import VerifierTimeoutError
+
+T = TypeVar("T")
 
 MAX_ANSWER_CHARS = 2000
 """Longer answers are not compared: sympy can take minutes on huge expressions."""
@@ -85,3 +90,19 @@ def majority_answer(answers: Sequence[str | None]) -> tuple[str | None, float]:
             classes.append([answer])
     best = max(classes, key=len)
     return best[0], len(best) / len(answers)
+
+
+VERIFY_TIMEOUT_S = 20.0
+"""Deadline for one math-verify check. math-verify's own timeouts only work in the main thread, and a
+timeout there reads as a wrong answer; this one reads as an unknown verdict."""
+
+
+async def verify_within(fn: Callable[[], T], timeout_s: float = VERIFY_TIMEOUT_S) -> T:
+    """`fn()` (a math-verify check) in a worker thread, or VerifierTimeoutError after `timeout_s`."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn), timeout_s)
+    except TimeoutError:
+        raise VerifierTimeoutError(
+            f"math-verify gave no verdict within {timeout_s:.0f} s",
+            "nothing to fix: the verdict is unknown, so it is left out of training and counted",
+        ) from None

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from rolegraph.agents.role import Role
+from rolegraph.errors import RolegraphError
 from rolegraph.store.records import Rewards, Step
 
 T = TypeVar("T")
@@ -85,3 +86,22 @@ class GraphContext(Protocol):
     def add_rewards(self, step: Step, rewards: Rewards | list[Rewards]) -> None:
         """Attach named rewards to a recorded step: one dict for every choice, or one dict per choice."""
         ...
+
+
+async def env_or_none(
+    ctx: GraphContext,
+    name: str,
+    *,
+    node: str,
+    episode_id: str,
+    request: dict[str, Any],
+    fn: Callable[[], Awaitable[T]],
+) -> T | None:
+    """`ctx.call_env`, or None when the infrastructure failed (sandbox down, verifier timeout): the step
+    records the error and the caller's reward is None, never a 0 the model earned."""
+    try:
+        return await ctx.call_env(name, node=node, episode_id=episode_id, request=request, fn=fn)
+    except RolegraphError as exc:
+        if not exc.kind.infrastructure:
+            raise
+        return None

@@ -31,19 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rolegraph.environments.math_verify import verify_within
 from rolegraph.environments.sandbox.base import ExecResult, Limits, Status
-from rolegraph.errors import ConfigError, FailureKind, RolegraphError, SandboxError
+from rolegraph.errors import ConfigError, SandboxError
 
 SandboxProvider = Callable[[], Awaitable[Any]]
 """Returns the SandboxPool env nodes run code in (started on first use by whoever owns it)."""
-VERIFY_TIMEOUT_S = 20.0
 SANDBOX_HINT = "check the backend with `rolegraph sandbox doctor`"
-
-
-class VerifierTimeoutError(RolegraphError):
-    """math-verify gave no verdict in time (the verifier's failure, not the model's)."""
-
-    kind = FailureKind.TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -263,22 +257,12 @@ def _not_run(count: int) -> dict[str, Any]:
 
 
 # --- math.verify ------------------------------------------------------------------------------------------
-async def _in_thread(fn: Callable[[], Any]) -> Any:
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(fn), VERIFY_TIMEOUT_S)
-    except TimeoutError:
-        raise VerifierTimeoutError(
-            f"math-verify gave no verdict within {VERIFY_TIMEOUT_S:.0f} s",
-            "nothing to fix: the verdict is unknown, so it is left out of training and counted",
-        ) from None
-
-
 async def _math_verify(call: EnvCall) -> dict[str, Any]:
     from rolegraph.environments.math_verify import verify
 
     answer, reference = call.args["answer"], call.args["reference"]
     answer = None if answer is None else str(answer)
-    correct = await _in_thread(lambda: verify(answer, None if reference is None else str(reference)))
+    correct = await verify_within(lambda: verify(answer, None if reference is None else str(reference)))
     return {"correct": bool(correct), "answer": answer}
 
 

@@ -104,6 +104,12 @@ class ProgramTimeoutError(RolegraphError):
     kind = FailureKind.PROGRAM_TIMEOUT
 
 
+class VerifierTimeoutError(RolegraphError):
+    """A verifier (math-verify) gave no verdict in time: the verifier's failure, not the model's."""
+
+    kind = FailureKind.TIMEOUT
+
+
 class ParseError(RolegraphError):
     """Model output could not be parsed into a role's typed fields."""
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rolegraph.agents.registry import get_role
 from rolegraph.agents.role import Role
 from rolegraph.environments.triplets import Judgement, TripletRunner, Validation, module_patches
-from rolegraph.errors import RolegraphError
 from rolegraph.graphs.azr.parse import (
     PROPOSAL_PARSERS,
     SOLVE_PROGRAM_REGEX,
@@ -27,7 +26,7 @@ from rolegraph.graphs.azr.parse import (
 from rolegraph.graphs.azr.sandbox import RunnerProvider
 from rolegraph.graphs.azr.state import PROPOSER, SOLVER, AZROptions, AZRState
 from rolegraph.graphs.azr.tasks import Task, show_references, solver_variables
-from rolegraph.graphs.context import GraphContext
+from rolegraph.graphs.context import GraphContext, env_or_none
 from rolegraph.serving.types import Choice
 from rolegraph.store.records import Step
 
@@ -50,24 +49,6 @@ def role_prompt(ctx: GraphContext, name: str, parser: Callable[[str], dict[str, 
     role = get_role(name, getattr(ctx, "prompts_dir", None))
     extra = {"structured_outputs": {"regex": regex}, **(role.sampling.get("extra") or {})}
     return dataclasses.replace(role, parser=parser, sampling={**role.sampling, "extra": extra})
-
-
-async def _env(
-    ctx: GraphContext,
-    name: str,
-    *,
-    node: str,
-    episode_id: str,
-    request: dict[str, Any],
-    fn: Callable[[], Awaitable[T]],
-) -> T | None:
-    """An environment call; None when the infrastructure failed (the step records the error)."""
-    try:
-        return await ctx.call_env(name, node=node, episode_id=episode_id, request=request, fn=fn)
-    except RolegraphError as exc:
-        if not exc.kind.infrastructure:
-            raise
-        return None
 
 
 def _proposal_step(state: AZRState) -> Step:
@@ -140,7 +121,7 @@ async def validate(state: AZRState, ctx: GraphContext, sandbox: RunnerProvider) 
     async def run() -> list[Validation]:
         return await (await sandbox()).avalidate_many([(program, i) for i in inputs])
 
-    validations = await _env(
+    validations = await env_or_none(
         ctx,
         "triplet_validate",
         node=VALIDATE_NODE,
@@ -207,7 +188,7 @@ async def judge_choices(
             for a in answers
         ]
 
-    verdicts = await _env(
+    verdicts = await env_or_none(
         ctx,
         "triplet_judge",
         node=node,

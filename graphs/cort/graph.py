@@ -12,10 +12,10 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 
 from rolegraph.agents.parsers import last_boxed
-from rolegraph.environments.math_verify import verify
+from rolegraph.environments.math_verify import verify, verify_within
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, Reward, RunParams
-from rolegraph.graphs.context import GraphContext
-from rolegraph.graphs.cort.nodes import env_or_none, in_thread, model_text
+from rolegraph.graphs.context import GraphContext, env_or_none
+from rolegraph.graphs.cort.nodes import model_text
 from rolegraph.graphs.cort.sessions import SessionProvider
 from rolegraph.graphs.cort.state import CortOptions, TIRState
 
@@ -73,7 +73,7 @@ async def verify_answer(state: TIRState, ctx: GraphContext) -> dict[str, Any]:
         return {"answer": answer, "correct": None}
 
     async def check() -> bool:
-        return await in_thread(lambda: verify(answer, gold))
+        return await verify_within(lambda: verify(answer, gold))
 
     verdict = await env_or_none(
         ctx,

@@ -12,14 +12,12 @@ sampling, and their ids get mask 0. What is trained is what was generated, with 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from langgraph.graph import StateGraph
 
 from rolegraph.environments.sandbox.base import ExecResult, Status
-from rolegraph.errors import FailureKind, RolegraphError, SandboxError
+from rolegraph.errors import SandboxError
 from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.cort.detectors import Transcript, classify_cell, get_detectors
 from rolegraph.graphs.cort.sessions import SessionProvider
@@ -270,38 +268,3 @@ def add_tir_loop(
     graph.add_edge(after, TURN_NODE)
     graph.add_conditional_edges(TURN_NODE, route_turn, {"turn": TURN_NODE, "finish": FINISH_NODE})
     graph.add_edge(FINISH_NODE, then)
-
-
-async def env_or_none(
-    ctx: GraphContext,
-    name: str,
-    *,
-    node: str,
-    episode_id: str,
-    request: dict[str, Any],
-    fn: Callable[[], Awaitable[T]],
-) -> T | None:
-    """An environment call; None when the infrastructure failed (the step records the error)."""
-    try:
-        return await ctx.call_env(name, node=node, episode_id=episode_id, request=request, fn=fn)
-    except RolegraphError as exc:
-        if not exc.kind.infrastructure:
-            raise
-        return None
-
-
-class VerifierTimeoutError(RolegraphError):
-    """math-verify gave no verdict in time (the verifier's failure, not the model's)."""
-
-    kind = FailureKind.TIMEOUT
-
-
-async def in_thread(fn: Callable[[], T], timeout_s: float = 20.0) -> T:
-    """`fn()` in a worker thread, or VerifierTimeoutError after `timeout_s`."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(fn), timeout_s)
-    except TimeoutError:
-        raise VerifierTimeoutError(
-            f"math-verify gave no verdict within {timeout_s:.0f} s",
-            "nothing to fix: the episode's reward is None, so it is left out of training and counted",
-        ) from None

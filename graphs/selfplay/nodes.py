@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from rolegraph.agents.registry import get_role
+from rolegraph.environments import math_verify
 from rolegraph.environments.math_verify import answers_equivalent, majority_answer, verify
-from rolegraph.errors import ConfigError, FailureKind, RolegraphError
-from rolegraph.graphs.context import GraphContext
+from rolegraph.errors import ConfigError
+from rolegraph.graphs.context import GraphContext, env_or_none
 from rolegraph.graphs.selfplay.problems import Problem, rollout_answer
 from rolegraph.graphs.selfplay.state import SelfPlayOptions, SelfPlayState
 from rolegraph.store.records import Step
@@ -26,15 +27,8 @@ SandboxProvider = Callable[[], Awaitable[Any]]
 
 REFERENCE_NODE = "reference"
 ROLLOUT_NODE = "rollout"
-VERIFY_TIMEOUT_S = 20.0
-"""Deadline for one math-verify check. math-verify's own timeouts only work in the main thread, and a
-timeout there reads as a wrong answer; this one reads as an unknown verdict."""
-
-
-class VerifierTimeoutError(RolegraphError):
-    """math-verify did not give a verdict in time (the verifier's failure, not the model's)."""
-
-    kind = FailureKind.TIMEOUT
+VERIFY_TIMEOUT_S = math_verify.VERIFY_TIMEOUT_S
+"""Deadline for one math-verify check (tests shorten it)."""
 
 
 def _options(state: SelfPlayState) -> SelfPlayOptions:
@@ -46,32 +40,7 @@ def _problem(state: SelfPlayState) -> Problem:
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
-    """`fn()` in a worker thread, or VerifierTimeoutError after VERIFY_TIMEOUT_S."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(fn), VERIFY_TIMEOUT_S)
-    except TimeoutError:
-        raise VerifierTimeoutError(
-            f"math-verify gave no verdict within {VERIFY_TIMEOUT_S:.0f} s",
-            "nothing to fix: the rollout's reward is None, so it is left out of training and counted",
-        ) from None
-
-
-async def _env(
-    ctx: GraphContext,
-    name: str,
-    *,
-    node: str,
-    episode_id: str,
-    request: dict[str, Any],
-    fn: Callable[[], Awaitable[T]],
-) -> T | None:
-    """An environment call; None when the infrastructure failed (the step records the error)."""
-    try:
-        return await ctx.call_env(name, node=node, episode_id=episode_id, request=request, fn=fn)
-    except RolegraphError as exc:
-        if not exc.kind.infrastructure:
-            raise
-        return None
+    return await math_verify.verify_within(fn, VERIFY_TIMEOUT_S)
 
 
 async def reference(state: SelfPlayState, ctx: GraphContext) -> dict[str, Any]:
@@ -103,7 +72,7 @@ async def reference(state: SelfPlayState, ctx: GraphContext) -> dict[str, Any]:
         agrees = [float(answer is not None and answers_equivalent(a, answer)) for a in answers]
         return {"majority_answer": answer, "agreement": share, "agrees": agrees}
 
-    result = await _env(
+    result = await env_or_none(
         ctx,
         "math_verify",
         node=REFERENCE_NODE,
@@ -183,7 +152,7 @@ async def _check(
         async def run_tests() -> Any:
             return await verify_code(await sandbox(), spec, text)
 
-        code = await _env(
+        code = await env_or_none(
             ctx,
             "code_tests",
             node=ROLLOUT_NODE,
@@ -197,7 +166,7 @@ async def _check(
     async def check_answer() -> dict[str, Any]:
         return {"answer": answer, "passed": await _in_thread(lambda: verify(answer, gold))}
 
-    math = await _env(
+    math = await env_or_none(
         ctx,
         "math_verify",
         node=ROLLOUT_NODE,
