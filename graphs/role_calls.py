@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from rolegraph.agents.role import Role
 from rolegraph.config import SamplingParams
 from rolegraph.errors import EndpointError, ModelNotFoundError, ParseError, failure_kind
-from rolegraph.serving.types import Choice
+from rolegraph.serving.types import CallResult, Choice
 from rolegraph.store import Rewards, Step, Store
 
 T = TypeVar("T")
@@ -148,6 +148,20 @@ class RuntimeContext:
             step, error=exc.message, error_kind=exc.kind.value, latency_s=time.time() - step.started_at
         )
 
+    def _generated(self, step: Step, spec: Role, result: CallResult, **fields: Any) -> Step:
+        """Record a call that produced completions: its parsed choices, usage and the exact model."""
+        self.stats.completion_tokens += result.usage.completion_tokens
+        recorded: dict[str, Any] = {
+            "endpoint": result.endpoint,
+            "model": result.model or step.model,
+            "choices": [_parsed(spec, c) for c in result.choices],
+            "response": {"unavailable": result.unavailable} if result.unavailable else None,
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "latency_s": result.latency_s,
+        }
+        return self.store.record_step(dataclasses.replace(step, **{**recorded, **fields}))
+
     async def call_role(
         self,
         role: str,
@@ -177,20 +191,7 @@ class RuntimeContext:
             raise  # a wrong binding fails every call: stop the run with its message
         except EndpointError as exc:
             return self.store.record_step(self._failed(step, exc))
-        self.stats.completion_tokens += result.usage.completion_tokens
-        return self.store.record_step(
-            dataclasses.replace(
-                step,
-                endpoint=result.endpoint,
-                model=result.model or model,
-                choices=[_parsed(spec, c) for c in result.choices],
-                response={"unavailable": result.unavailable} if result.unavailable else None,
-                prompt_token_ids=result.prompt_token_ids,
-                prompt_tokens=result.usage.prompt_tokens,
-                completion_tokens=result.usage.completion_tokens,
-                latency_s=result.latency_s,
-            )
-        )
+        return self._generated(step, spec, result, prompt_token_ids=result.prompt_token_ids)
 
     async def complete_role(
         self,
@@ -232,19 +233,13 @@ class RuntimeContext:
             raise
         except EndpointError as exc:
             return self.store.record_step(self._failed(step, exc))
-        self.stats.completion_tokens += result.usage.completion_tokens
-        return self.store.record_step(
-            dataclasses.replace(
-                step,
-                endpoint=result.endpoint,
-                model=result.model or model,
-                choices=[_parsed(spec, c) for c in result.choices],
-                prompt_token_ids=prompt_ids,
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=result.usage.completion_tokens,
-                latency_s=result.latency_s,
-                request={"chat_prompt_tokens": len(chat_ids), "appended_tokens": len(appended)},
-            )
+        return self._generated(
+            step,
+            spec,
+            result,
+            prompt_token_ids=prompt_ids,
+            prompt_tokens=len(prompt_ids),
+            request={"chat_prompt_tokens": len(chat_ids), "appended_tokens": len(appended)},
         )
 
     async def _chat_ids(self, client: Any, model: str, messages: list[dict[str, str]]) -> list[int]:
