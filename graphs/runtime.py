@@ -31,6 +31,7 @@ from rolegraph.config import RoleBinding, RolegraphConfig
 from rolegraph.errors import ModelNotFoundError, RolegraphError, failure_kind
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
 from rolegraph.graphs.role_calls import RolePool, RunStats, RuntimeContext
+from rolegraph.serving.routing import current_episode
 from rolegraph.store import Store
 from rolegraph.store.check import CHECKPOINT_FILE
 from rolegraph.store.db import DiskFullError, damage, disk_full
@@ -201,6 +202,7 @@ class _Runner:
 
     async def episode(self, item: EpisodeInput) -> None:
         key = item.key
+        current_episode.set(key)  # this task's context: every call the episode makes routes by it
         attempt = self.store.begin_episode(key, item.state)
         self.ctx.attempts[key] = attempt
         self.ctx.endpoint_errors.pop(key, None)

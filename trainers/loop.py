@@ -124,7 +124,7 @@ class LoopReport:
 
 
 def _finished_between(run_dir: Path, start: float, end: float) -> int:
-    with Store(run_dir) as store:
+    with Store(run_dir, create=False) as store:
         return sum(
             1
             for e in store.episodes(status="finished")
@@ -133,12 +133,13 @@ def _finished_between(run_dir: Path, start: float, end: float) -> int:
 
 
 def _begun_and_finished_since(run_dir: Path, since: float) -> int:
-    with Store(run_dir) as store:
+    with Store(run_dir, create=False) as store:
         return sum(1 for e in store.episodes(status="finished") if e.started_at >= since)
 
 
 def _finished(run_dir: Path) -> int:
-    with Store(run_dir) as store:
+    """Finished episodes, read without a writer's connection (the graph is writing meanwhile)."""
+    with Store(run_dir, create=False) as store:
         return store.counts()["finished"]
 
 
@@ -188,13 +189,14 @@ async def periodic(
         if settings.isolation == "process"
         else ThreadPoolExecutor(max_workers=1, thread_name_prefix="rolegraph-train")
     )
+    Store(settings.run_dir).close()  # the schema exists before any reader opens the store read-only
     runner = asyncio.create_task(keep_running())
     try:
         trained_at = await asyncio.to_thread(_finished, settings.run_dir)
         while len(report.rounds) < settings.rounds:
             done = await wait_for(trained_at + settings.train_every)
             trained_at = done
-            with Store(settings.run_dir) as store:
+            with Store(settings.run_dir, create=False) as store:
                 rows = build_rows(store, fmt=settings.trainer, role=settings.role)
             if not rows:
                 say(f"{done} episodes finished, no {settings.trainer} rows for {settings.role} yet")

@@ -68,12 +68,13 @@ class Faults:
     def home(self) -> Path:
         return self.tmp / "home"
 
-    def config(self, endpoint: dict[str, Any] | None = None) -> Path:
-        """A config whose endpoint `local` is the session's server unless given; tiny generations, so a run is
-        a few seconds of model calls."""
+    def config(self, endpoint: dict[str, Any] | None = None, *, tokens: int = 6) -> Path:
+        """A config whose endpoint `local` is the session's server unless given; every call generates exactly
+        `tokens` tokens (vLLM's `min_tokens`), a run is a few seconds of model calls, or longer on demand."""
         path = self.tmp / f"config-{len(list(self.tmp.glob('config-*')))}.yaml"
         local = endpoint or {"base_url": self.base_url}
-        roles = {role: {"endpoint": "local", "sampling": {"max_tokens": 6}} for role in ("solver", "critic")}
+        sampling = {"max_tokens": tokens, "extra": {"min_tokens": tokens}}
+        roles = {role: {"endpoint": "local", "sampling": sampling} for role in ("solver", "critic")}
         path.write_text(yaml.safe_dump({"endpoints": {"local": local}, "roles": roles}))
         return path
 

@@ -24,7 +24,9 @@ def test_a_second_writer_is_refused_readers_never_block_and_wait_waits(
     faults: Faults, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    first = faults.start(run_dir, 6)
+    # The first writer's calls are long, so it still holds the run dir while the others start and read (each
+    # is a Python start-up, several seconds on a loaded CI core).
+    first = faults.start(run_dir, 6, faults.config(tokens=96))
     wait_until(lambda: len(query(run_dir, "SELECT id FROM steps")) >= 1, first)
     waiter = faults.start(run_dir, 6, None, "--wait")  # started while the first has most of its run ahead
 
@@ -41,7 +43,8 @@ def test_a_second_writer_is_refused_readers_never_block_and_wait_waits(
     listed = faults.cli("runs", "list", tmp_path)
     assert listed.returncode == 0 and f"pid {first.pid}" in listed.stdout, listed.stdout
     assert faults.cli("runs", "show", run_dir).returncode == 0
-    assert first.wait(timeout=120) == 0
+    assert first.poll() is None, "the first writer ended before the readers ran: proved nothing"
+    assert first.wait(timeout=300) == 0
     assert waiter.wait(timeout=120) == 0, faults.log(waiter)[-2000:]
     assert f"in use by pid {first.pid}" in faults.log(waiter) and "waiting for it (--wait)" in faults.log(
         waiter
