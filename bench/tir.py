@@ -1,9 +1,10 @@
 """Bench: the TIR loop's interpreter path (graphs/cort/).
 
 1. Per-cell overhead through the graph: a cell run the way the `tir_turn` node runs it (`ctx.call_env` in a
-   RuntimeContext: the session's `arun_cell` in a worker thread, then the `interpreter` step recorded in the
+   RuntimeContext: the session's `arun_cell` on the event loop, then the `interpreter` step recorded in the
    run's SQLite store) against `Session.run_cell` called directly, on the same warm session, interleaved
-   A-B-B-A. Target: graph / direct ≤ 1.2×.
+   A-B-B-A; `Session.arun_cell` alone (no step record) is timed between them to split the overhead. Target:
+   graph / direct ≤ 1.2×.
 2. Share of an episode's wall time spent in the interpreter: cort episodes on a vLLM server (every turn is a
    small python cell, forced with a structured-outputs regex), Σ interpreter step latency / episode wall time.
    Set ROLEGRAPH_BENCH_BASE_URL to attach to a running server (otherwise part 2 is skipped).
@@ -61,10 +62,10 @@ def _bar() -> Progress:
 
 
 async def overhead(cells: int, backend: str, kind: str) -> dict[str, float]:
-    """Median seconds per cell of one kind: direct `Session.run_cell` vs the graph's `ctx.call_env` path."""
+    """Median seconds per cell of one kind: direct `Session.run_cell` vs the graph's `ctx.call_env` path, and
+    `Session.arun_cell` alone (the event-loop round trip without the step record) to split the difference."""
     codes = KINDS[kind]
-    direct: list[float] = []
-    graph: list[float] = []
+    times: dict[str, list[float]] = {"direct": [], "loop": [], "graph": []}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "run")
         store.start_run("bench-tir", {}, 0, {}, [])
@@ -79,12 +80,15 @@ async def overhead(cells: int, backend: str, kind: str) -> dict[str, float]:
                 task = bar.add_task(kind, total=cells, rate=0.0)
                 for index in range(cells):
                     code = codes[index % len(codes)]
-                    order = ("direct", "graph") if index % 4 in (0, 3) else ("graph", "direct")
+                    order = (
+                        ("direct", "loop", "graph") if index % 4 in (0, 3) else ("graph", "loop", "direct")
+                    )
                     for side in order:
                         t0 = time.perf_counter()
                         if side == "direct":
                             session.run_cell(code)
-                            direct.append(time.perf_counter() - t0)
+                        elif side == "loop":
+                            await session.arun_cell(code)
                         else:
                             await ctx.call_env(
                                 "interpreter",
@@ -93,13 +97,19 @@ async def overhead(cells: int, backend: str, kind: str) -> dict[str, float]:
                                 request={"cell": index, "code": code},
                                 fn=lambda code=code: session.arun_cell(code),
                             )
-                            graph.append(time.perf_counter() - t0)
+                        times[side].append(time.perf_counter() - t0)
                     bar.update(task, advance=1, rate=(index + 1) / (time.perf_counter() - started))
         finally:
             session.close()
             store.close()
-    d, g = statistics.median(direct), statistics.median(graph)
-    return {"direct_ms": d * 1e3, "graph_ms": g * 1e3, "ratio": g / d, "cells": float(cells)}
+    d, lp, g = (statistics.median(times[side]) for side in ("direct", "loop", "graph"))
+    return {
+        "direct_ms": d * 1e3,
+        "loop_ms": lp * 1e3,
+        "graph_ms": g * 1e3,
+        "ratio": g / d,
+        "cells": float(cells),
+    }
 
 
 async def interpreter_share(base_url: str, episodes: int, backend: str) -> dict[str, float]:
@@ -194,7 +204,7 @@ def main() -> None:
     for kind, r in part1.items():
         console.print(
             f"per {kind} cell: graph {r['graph_ms']:.2f} ms, direct {r['direct_ms']:.2f} ms, "
-            f"ratio {r['ratio']:.2f}× (target ≤ 1.2×)"
+            f"ratio {r['ratio']:.2f}× (target ≤ 1.2×); arun_cell alone {r['loop_ms']:.2f} ms"
         )
     base_url = os.environ.get("ROLEGRAPH_BENCH_BASE_URL")
     part2 = None

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from rolegraph.agents.role import Role
 from rolegraph.config import SamplingParams
+from rolegraph.environments.sandbox.base import ExecResult
 from rolegraph.errors import EndpointError, ModelNotFoundError, ParseError, failure_kind
 from rolegraph.serving.types import CallResult, Choice
 from rolegraph.store import Rewards, Step, Store
@@ -81,6 +82,8 @@ def current_task() -> str | None:
 
 def _jsonable(value: Any) -> Any:
     """Environment results as JSON-friendly data (dataclasses and pydantic models included)."""
+    if type(value) in _FLAT_DATACLASSES:
+        return {name: getattr(value, name) for name in _FLAT_DATACLASSES[type(value)]}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -90,6 +93,13 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
+
+
+_FLAT_DATACLASSES: dict[type, tuple[str, ...]] = {
+    ExecResult: tuple(f.name for f in dataclasses.fields(ExecResult))
+}
+"""Results recorded on every env call whose fields hold no dataclasses, so a shallow dict is their asdict()
+(which deep-copies field by field: ~15 µs an interpreter cell)."""
 
 
 def _parsed(spec: Role, choice: Choice) -> Choice:
@@ -300,22 +310,41 @@ class RuntimeContext:
         request: dict[str, Any],
         fn: Callable[[], Awaitable[T]],
     ) -> T:
-        step = self._new_step("env", role=name, node=node, episode_id=episode_id, request=_jsonable(request))
+        """Await `fn()` and record it as one `env` step (committed before this returns, failed or not)."""
+        where = (name, node, episode_id, self.attempts.get(episode_id, 1), current_task())
+        recorded_request = _jsonable(request)
+        started = time.time()
         try:
             value = await fn()
         except Exception as exc:
             kind = failure_kind(exc)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.store.record_step(
-                dataclasses.replace(
-                    step, error=message, error_kind=kind.value, latency_s=time.time() - step.started_at
-                )
+                self._env_step(where, started, request=recorded_request, error=message, error_kind=kind.value)
             )
             raise
         self.store.record_step(
-            dataclasses.replace(step, response=_jsonable(value), latency_s=time.time() - step.started_at)
+            self._env_step(where, started, request=recorded_request, response=_jsonable(value))
         )
         return value
+
+    @staticmethod
+    def _env_step(where: tuple[str, str, str, int, str | None], started: float, **fields: Any) -> Step:
+        """An environment call's step, built once when the call is over; `where` is (name, node, episode id,
+        attempt, LangGraph task) as they were when the call started (see `_new_step`)."""
+        name, node, episode_id, attempt, checkpoint = where
+        return Step(
+            id=0,
+            episode_id=episode_id,
+            attempt=attempt,
+            kind="env",
+            node=node,
+            role=name,
+            started_at=started,
+            checkpoint=checkpoint,
+            latency_s=time.time() - started,
+            **fields,
+        )
 
     def add_rewards(self, step: Step, rewards: Rewards | list[Rewards]) -> None:
         self.store.add_rewards(step.id, rewards)

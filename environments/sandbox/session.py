@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from types import TracebackType
+from typing import Any
 
 from rolegraph.environments.sandbox.base import Backend, ExecResult, Limits, Status
 from rolegraph.environments.sandbox.process import WorkerGone, WorkerProcess, WorkerTimeout, start_worker
@@ -28,6 +29,7 @@ class Session:
         self.backend = backend
         self.closed_reason: str | None = None
         self.cells = 0
+        self._limits_by_timeout: dict[float, Limits] = {}
         cpu = limits.cpu_s or limits.timeout_s * SESSION_CPU_FACTOR
         opened = self._request({"op": "session_open", "limits": limits.with_(cpu_s=cpu).to_wire()}, limits)
         if opened.status != Status.OK:
@@ -49,6 +51,32 @@ class Session:
 
     def run_cell(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
         """Run one cell in the session's globals; a final expression's value is printed, as in Jupyter."""
+        cell = self._cell_request(code, timeout_s)
+        if isinstance(cell, ExecResult):
+            return cell
+        return self._request(*cell)
+
+    async def arun_cell(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
+        """`run_cell` on the running event loop (the worker's reply pipe is watched by the loop, no thread),
+        so other episodes' coroutines run while the cell runs."""
+        cell = self._cell_request(code, timeout_s)
+        if isinstance(cell, ExecResult):
+            return cell
+        payload, limits = cell
+        reply: dict[str, Any] | WorkerGone
+        try:
+            reply = await self.worker.arequest(payload, timeout=limits.timeout_s + HOST_GRACE_S)
+        except WorkerGone as exc:
+            reply = exc
+        result, closing = self._cell_result(reply)
+        if closing is not None:
+            await asyncio.to_thread(self.close, closing)  # destroying a sandbox waits on processes
+        return result
+
+    def _cell_request(
+        self, code: str, timeout_s: float | None
+    ) -> tuple[dict[str, object], Limits] | ExecResult:
+        """The worker request for one cell and its limits, or the result when the cell cannot run."""
         if self.closed:
             return ExecResult.sandbox_failure(
                 f"the session is closed: {self.closed_reason}", self.backend.name
@@ -57,30 +85,47 @@ class Session:
             from rolegraph.environments.sandbox.local_backend import WARNING
 
             print(WARNING, file=sys.stderr, flush=True)
-        limits = self.limits if timeout_s is None else self.limits.with_(timeout_s=timeout_s)
+        limits = self._cell_limits(timeout_s)
         self.cells += 1
-        result = self._request({"op": "session_cell", "code": code, "limits": limits.to_wire()}, limits)
-        if self.closed_reason is None and result.status in (
+        return {"op": "session_cell", "code": code, "limits": limits.to_wire()}, limits
+
+    def _cell_limits(self, timeout_s: float | None) -> Limits:
+        """The session's limits with this cell's timeout; one Limits per timeout (its wire form is cached)."""
+        if timeout_s is None or timeout_s == self.limits.timeout_s:
+            return self.limits
+        limits = self._limits_by_timeout.get(timeout_s)
+        if limits is None:
+            limits = self._limits_by_timeout[timeout_s] = self.limits.with_(timeout_s=timeout_s)
+        return limits
+
+    def _cell_result(self, reply: dict[str, Any] | WorkerGone) -> tuple[ExecResult, str | None]:
+        """The result (of a cell, or of opening the session) from the worker's reply or its failure, and why
+        the session must close now (None: it stays open). A cell that hung, flooded or killed the kernel ends
+        the session."""
+        if isinstance(reply, WorkerGone):
+            reason = self.closed_reason or f"the sandbox worker stopped answering: {reply}"
+            status = Status.TIMEOUT if isinstance(reply, WorkerTimeout) else Status.SANDBOX_ERROR
+            return ExecResult.sandbox_failure(reason, self.backend.name, status), reason
+        result = ExecResult.from_reply(reply, self.backend.name)
+        if reply.get("closed") or result.status in (
             Status.TIMEOUT,
             Status.OUTPUT_LIMIT,
             Status.SANDBOX_ERROR,
         ):
-            self.close(result.error or str(result.status))
-        return result
-
-    async def arun_cell(self, code: str, *, timeout_s: float | None = None) -> ExecResult:
-        return await asyncio.to_thread(self.run_cell, code, timeout_s=timeout_s)
+            return result, result.error or str(result.status)
+        return result, None
 
     def _request(self, payload: dict[str, object], limits: Limits) -> ExecResult:
+        """One blocking round trip to the worker; closes the session when the reply says it must."""
         try:
-            reply = self.worker.request(payload, timeout=limits.timeout_s + HOST_GRACE_S)
+            reply: dict[str, Any] | WorkerGone = self.worker.request(
+                payload, timeout=limits.timeout_s + HOST_GRACE_S
+            )
         except WorkerGone as exc:
-            self.close(f"the sandbox worker stopped answering: {exc}")
-            status = Status.TIMEOUT if isinstance(exc, WorkerTimeout) else Status.SANDBOX_ERROR
-            return ExecResult.sandbox_failure(self.closed_reason or str(exc), self.backend.name, status)
-        result = ExecResult.from_reply(reply, self.backend.name)
-        if reply.get("closed"):  # the worker killed the kernel (a cell hung, flooded or killed it)
-            self.close(result.error or str(result.status))
+            reply = exc
+        result, closing = self._cell_result(reply)
+        if closing is not None:
+            self.close(closing)
         return result
 
     def close(self, reason: str = "closed") -> None:
