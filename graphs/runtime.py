@@ -14,8 +14,8 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from rolegraph.cluster import active as active_cluster
 from rolegraph.config import RoleBinding, RolegraphConfig
 from rolegraph.errors import ModelNotFoundError, RolegraphError, failure_kind
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
@@ -200,7 +201,8 @@ class _Runner:
         pending = {t.id for t in history[0].tasks if t.result is None} if history else set()
         return {t.id for snapshot in history for t in snapshot.tasks} - pending
 
-    async def episode(self, item: EpisodeInput) -> None:
+    async def episode(self, item: EpisodeInput) -> str:
+        """Run (or resume) one episode into the store; returns how it ended: kept, rejected or failed."""
         key = item.key
         current_episode.set(key)  # this task's context: every call the episode makes routes by it
         attempt = self.store.begin_episode(key, item.state)
@@ -227,14 +229,14 @@ class _Runner:
                 raise exc if isinstance(exc, DiskFullError) else DiskFullError(self.store.run_dir) from None
             if key in self.ctx.endpoint_errors:  # the node failed because a call never reached a model
                 await self._endpoint_failure(key)
-                return
+                return "failed"
             message = exc.message if isinstance(exc, RolegraphError) else f"{type(exc).__name__}: {exc}"
             self.store.fail_episode(key, message, failure_kind(exc).value)
             self.ctx.stats.failed += 1
-            return
+            return "failed"
         if key in self.ctx.endpoint_errors:
             await self._endpoint_failure(key)
-            return
+            return "failed"
         result: Outcome = self.graph.outcome(dict(final))
         self.store.finish_episode(
             key,
@@ -246,8 +248,21 @@ class _Runner:
         )
         if result.kept:
             self.ctx.stats.kept += 1
-        else:
-            self.ctx.stats.rejected += 1
+            return "kept"
+        self.ctx.stats.rejected += 1
+        return "rejected"
+
+
+def make_runner(graph: GraphDef, ctx: RuntimeContext, store: Store, checkpointer: Any) -> _Runner:
+    """The graph compiled with `checkpointer`, ready to run episodes (on this machine or a Ray worker)."""
+    compiled = graph.build(ctx).compile(checkpointer=checkpointer)
+    spec = getattr(graph, "spec", None)
+    limit = 25
+    if spec is not None:
+        from rolegraph.graphs.spec import recursion_limit
+
+        limit = recursion_limit(spec)
+    return _Runner(graph, ctx, compiled, store, max(limit, 50))
 
 
 def _progress(console: Console) -> Progress:
@@ -334,9 +349,80 @@ async def _locked_run(
 
     lock = await RunLock(run_dir).acquire_async(wait=wait, on_wait=waiting)
     try:
+        cluster = active_cluster()
+        if cluster is not None:  # the same run, its episodes spread over Ray workers (see rolegraph.cluster)
+            from rolegraph.cluster.driver import run_on_ray
+
+            return await run_on_ray(
+                cluster, graph, config_or_pool, params, run_dir, concurrency, console, progress, prompts_dir
+            )
         return await _run(graph, config_or_pool, params, run_dir, concurrency, console, progress, prompts_dir)
     finally:
         lock.release()
+
+
+def refuse_damaged_checkpoints(run_dir: Path) -> Path:
+    """The run's checkpoints file, unless it is damaged (then it is left as it is and the run refused)."""
+    checkpoints = run_dir / CHECKPOINT_FILE
+    problem = damage(checkpoints) if checkpoints.is_file() else None
+    if problem is not None:
+        raise RolegraphError(
+            f"the checkpoints {checkpoints} are damaged: {problem}",
+            "restore them from a copy, or start a new --run-dir (rolegraph leaves this file as it is)",
+        )
+    return checkpoints
+
+
+@dataclasses.dataclass
+class OpenRun:
+    """A run with its endpoints open and its inputs known: what is left to do is running `todo`."""
+
+    pool: RolePool
+    ctx: RuntimeContext
+    todo: list[EpisodeInput]
+    total: int
+
+
+@asynccontextmanager
+async def open_run(
+    graph: GraphDef,
+    config_or_pool: RolegraphConfig | RolePool,
+    params: RunParams,
+    run_dir: Path,
+    store: Store,
+    concurrency: int,
+    stats: RunStats,
+    prompts_dir: Path | None,
+) -> AsyncIterator[OpenRun]:
+    """Record the run's start, open its endpoints (from a config) and run the graph's `prepare`; yields the
+    episodes not finished yet. Shared by the run on this machine and the run on Ray (rolegraph.cluster)."""
+    config = config_or_pool if isinstance(config_or_pool, RolegraphConfig) else None
+    if config is not None:
+        config = bind_missing_roles(config, graph.roles)
+    store.start_run(
+        graph.name,
+        config.model_dump(mode="json") if config is not None else {},
+        params.seed,
+        {"n": params.n, "options": params.options, "concurrency": concurrency},
+        [dataclasses.asdict(reward) for reward in graph.rewards],
+    )
+    async with AsyncExitStack() as stack:
+        if config is not None:
+            from rolegraph.serving import EndpointPool
+
+            pool: RolePool = await stack.enter_async_context(EndpointPool(config))
+        else:
+            pool = config_or_pool  # type: ignore[assignment]
+        ctx = RuntimeContext(
+            pool, store, roles=getattr(graph, "role_defs", None), prompts_dir=prompts_dir, stats=stats
+        )
+        params = await _prepare(graph, ctx, params, run_dir)
+        inputs = graph.inputs(params)
+        _check_unique(inputs, graph.name)
+        finished = store.finished_ids()
+        todo = [item for item in inputs if item.key not in finished]
+        stats.skipped = len(inputs) - len(todo)
+        yield OpenRun(pool, ctx, todo, len(inputs))
 
 
 async def _run(
@@ -350,53 +436,17 @@ async def _run(
     prompts_dir: Path | None,
 ) -> RunSummary:
     params = dataclasses.replace(params, run_dir=run_dir)
-    config = config_or_pool if isinstance(config_or_pool, RolegraphConfig) else None
-    if config is not None:
-        config = bind_missing_roles(config, graph.roles)
     started = time.monotonic()
-    checkpoints = run_dir / CHECKPOINT_FILE
-    problem = damage(checkpoints) if checkpoints.is_file() else None
-    if problem is not None:
-        raise RolegraphError(
-            f"the checkpoints {checkpoints} are damaged: {problem}",
-            "restore them from a copy, or start a new --run-dir (rolegraph leaves this file as it is)",
-        )
+    checkpoints = refuse_damaged_checkpoints(run_dir)
     store = Store(run_dir)
     try:
-        store.start_run(
-            graph.name,
-            config.model_dump(mode="json") if config is not None else {},
-            params.seed,
-            {"n": params.n, "options": params.options, "concurrency": concurrency},
-            [dataclasses.asdict(reward) for reward in graph.rewards],
-        )
-        async with AsyncExitStack() as stack:
-            if config is not None:
-                from rolegraph.serving import EndpointPool
-
-                pool: RolePool = await stack.enter_async_context(EndpointPool(config))
-            else:
-                pool = config_or_pool  # type: ignore[assignment]
-            stats = RunStats()
-            ctx = RuntimeContext(
-                pool, store, roles=getattr(graph, "role_defs", None), prompts_dir=prompts_dir, stats=stats
-            )
-            params = await _prepare(graph, ctx, params, run_dir)
-            inputs = graph.inputs(params)
-            _check_unique(inputs, graph.name)
-            finished = store.finished_ids()
-            todo = [item for item in inputs if item.key not in finished]
-            stats.skipped = len(inputs) - len(todo)
-            saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(checkpoints)))
-            compiled = graph.build(ctx).compile(checkpointer=saver)
-            spec = getattr(graph, "spec", None)
-            limit = 25
-            if spec is not None:
-                from rolegraph.graphs.spec import recursion_limit
-
-                limit = recursion_limit(spec)
-            runner = _Runner(graph, ctx, compiled, store, max(limit, 50))
-            await _run_all(runner, todo, len(inputs), stats, concurrency, console, progress)
+        stats = RunStats()
+        async with (
+            open_run(graph, config_or_pool, params, run_dir, store, concurrency, stats, prompts_dir) as run,
+            AsyncSqliteSaver.from_conn_string(str(checkpoints)) as saver,
+        ):
+            runner = make_runner(graph, run.ctx, store, saver)
+            await _run_all(runner, run.todo, run.total, stats, concurrency, console, progress)
         return RunSummary.from_store(
             store, elapsed_s=time.monotonic() - started, tokens_per_s=stats.tokens_per_s
         )

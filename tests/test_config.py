@@ -72,6 +72,12 @@ def test_roles_default_to_the_first_endpoint(tmp_path: Path) -> None:
             "endpoints:\n  a: {base_url: x}\nroles:\n  s: {endpoint: a, sampling: {max_tokens: 0}}\n",
             ["roles.s.sampling.max_tokens"],
         ),
+        ("endpoints:\n  a: {base_url: []}\n", ["endpoints.a.base_url", "at least one"]),
+        ("endpoints:\n  a: {base_url: [x, 5]}\n", ["endpoints.a.base_url", "list of replica URLs"]),
+        ("endpoints:\n  a: {base_url: [x/v1, x/]}\n", ["endpoints.a.base_url", "listed twice"]),
+        ("endpoints:\n  a: {launch: {replicas: 0}}\n", ["endpoints.a.launch.replicas"]),
+        ("endpoints:\n  a: {launch: {port: 65535, replicas: 2}}\n", ["endpoints.a.launch", "65535"]),
+        ("endpoints:\n  a: {launch: {num_gpus: 0}}\n", ["endpoints.a.launch.num_gpus"]),
         ("endpoints: [1, 2\n", ["not valid YAML", "line"]),
         ("- just\n- a list\n", ["expected a mapping"]),
     ],
@@ -132,3 +138,23 @@ def test_schema_objects_reject_bad_values_directly() -> None:
         EndpointConfig()
     with pytest.raises(ValueError):
         LaunchSpec(kv_cache_gib=0)
+
+
+def test_an_endpoint_may_list_replicas_or_launch_several(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+endpoints:
+  one: {base_url: "http://127.0.0.1:8000/v1"}
+  two: {base_url: ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]}
+  launched: {launch: {replicas: 3, port: 9000, device: gpu, num_gpus: 2}}
+""",
+    )
+    config = load_config(path)
+    assert config.endpoints["one"].base_url == "http://127.0.0.1:8000/v1"  # unchanged for existing code
+    assert config.endpoints["two"].replica_urls == ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
+    launch = config.endpoints["launched"].launch
+    assert launch is not None and (launch.replicas, launch.num_gpus) == (3, 2)
+    assert config.endpoints["launched"].replica_urls == []
+    assert LaunchSpec().replicas == 1 and LaunchSpec().num_gpus is None
+    assert pickle.loads(pickle.dumps(config)) == config

@@ -4,6 +4,10 @@ Where: an adapter fits only the base model it was trained on, so it goes to ever
 base model has the same name as the base model of the endpoint the role is bound to (the role's endpoint
 first). Endpoints serving another base model are left alone.
 
+An endpoint served by several replicas loads the adapter into every live replica (the client does it, all or
+none; see rolegraph.serving.client), so "loaded on an endpoint" means loaded on each of its replicas; a
+replica that is down meanwhile loads it before it is brought back.
+
 Order matters for "no request fails": the adapter is loaded on all of those endpoints (and answers) before the
 binding moves; if any endpoint cannot load it, the binding stays and the endpoints that did load it unload it
 again. Only the role's versions (in the adapter's own adapters dir) beyond the newest `keep` are unloaded
@@ -221,11 +225,22 @@ async def prune_unloaded(
 
 
 async def busy_adapters(client: AdapterClient) -> set[str] | None:
-    """Adapters with running or waiting requests, from vLLM's `vllm:lora_requests_info` gauge (its newest
-    sample); None when the endpoint does not say (not vLLM, or metrics unreachable)."""
+    """Adapters with running or waiting requests on any replica of the endpoint, from vLLM's
+    `vllm:lora_requests_info` gauge; None when the endpoint does not say (not vLLM, metrics unreachable)."""
+    each_replica = getattr(client, "replica_metrics", None)
     try:
-        families = list(text_string_to_metric_families(await client.metrics()))
-    except (EndpointError, ValueError):  # unreachable, or not Prometheus text
+        texts = [await client.metrics()] if each_replica is None else list(await each_replica())
+    except EndpointError:
+        return None
+    reported = [busy for busy in map(_busy_in, texts) if busy is not None]
+    return set().union(*reported) if reported else None
+
+
+def _busy_in(metrics: str) -> set[str] | None:
+    """The adapters one server's metrics report busy (the gauge's newest sample); None when not said."""
+    try:
+        families = list(text_string_to_metric_families(metrics))
+    except ValueError:  # not Prometheus text
         return None
     newest: tuple[float, set[str]] | None = None
     for sample in (s for family in families if family.name == LORA_INFO for s in family.samples):

@@ -53,6 +53,47 @@ class Job:
         return {**payload, **self.extra}
 
 
+class JobShortcuts:
+    """`run`, `call`, `run_tests` and their async forms, as jobs for the pool's `execute` / `aexecute`."""
+
+    def execute(self, job: Job) -> ExecResult:
+        raise NotImplementedError
+
+    async def aexecute(self, job: Job) -> ExecResult:
+        raise NotImplementedError
+
+    def run(self, code: str, *, stdin: str | None = None, limits: Limits | None = None) -> ExecResult:
+        """Run a Python program as __main__."""
+        return self.execute(Job(op="exec", code=code, stdin=stdin, limits=limits))
+
+    def call(
+        self, code: str, input_text: str, *, func: str = "f", limits: Limits | None = None
+    ) -> ExecResult:
+        """Run `code`, then `func(<input_text>)` built from the input's AST; `value` is a repr."""
+        return self.execute(Job(op="call", code=code, input=input_text, func=func, limits=limits))
+
+    def run_tests(
+        self, code: str, tests: str, *, entry_point: str | None = None, limits: Limits | None = None
+    ) -> ExecResult:
+        """Run `code`, then `tests`, then `check(<entry_point>)`; `passed` is True only if that returned."""
+        return self.execute(Job(op="tests", code=code, tests=tests, entry_point=entry_point, limits=limits))
+
+    async def arun(self, code: str, *, stdin: str | None = None, limits: Limits | None = None) -> ExecResult:
+        return await self.aexecute(Job(op="exec", code=code, stdin=stdin, limits=limits))
+
+    async def acall(
+        self, code: str, input_text: str, *, func: str = "f", limits: Limits | None = None
+    ) -> ExecResult:
+        return await self.aexecute(Job(op="call", code=code, input=input_text, func=func, limits=limits))
+
+    async def arun_tests(
+        self, code: str, tests: str, *, entry_point: str | None = None, limits: Limits | None = None
+    ) -> ExecResult:
+        return await self.aexecute(
+            Job(op="tests", code=code, tests=tests, entry_point=entry_point, limits=limits)
+        )
+
+
 class Lane:
     """Warm workers of one kind (one preload list) within a pool: start, hand out, take back, replace."""
 
@@ -202,7 +243,7 @@ def imported_roots(*sources: str | None) -> set[str]:
     return roots
 
 
-class SandboxPool:
+class SandboxPool(JobShortcuts):
     """A pool of warm workers of one backend. Thread-safe; async methods run the blocking parts in threads.
 
     Runs do not see each other: each one is a fresh fork of the worker with its own wiped scratch directory.
@@ -292,22 +333,6 @@ class SandboxPool:
         lane.release(worker, reusable)
         return result
 
-    def run(self, code: str, *, stdin: str | None = None, limits: Limits | None = None) -> ExecResult:
-        """Run a Python program as __main__."""
-        return self.execute(Job(op="exec", code=code, stdin=stdin, limits=limits))
-
-    def call(
-        self, code: str, input_text: str, *, func: str = "f", limits: Limits | None = None
-    ) -> ExecResult:
-        """Run `code`, then `func(<input_text>)` built from the input's AST; `value` is a repr."""
-        return self.execute(Job(op="call", code=code, input=input_text, func=func, limits=limits))
-
-    def run_tests(
-        self, code: str, tests: str, *, entry_point: str | None = None, limits: Limits | None = None
-    ) -> ExecResult:
-        """Run `code`, then `tests`, then `check(<entry_point>)`; `passed` is True only if that returned."""
-        return self.execute(Job(op="tests", code=code, tests=tests, entry_point=entry_point, limits=limits))
-
     def map(
         self,
         jobs: Sequence[Job],
@@ -340,21 +365,6 @@ class SandboxPool:
 
     async def aexecute(self, job: Job) -> ExecResult:
         return await asyncio.to_thread(self.execute, job)
-
-    async def arun(self, code: str, *, stdin: str | None = None, limits: Limits | None = None) -> ExecResult:
-        return await self.aexecute(Job(op="exec", code=code, stdin=stdin, limits=limits))
-
-    async def acall(
-        self, code: str, input_text: str, *, func: str = "f", limits: Limits | None = None
-    ) -> ExecResult:
-        return await self.aexecute(Job(op="call", code=code, input=input_text, func=func, limits=limits))
-
-    async def arun_tests(
-        self, code: str, tests: str, *, entry_point: str | None = None, limits: Limits | None = None
-    ) -> ExecResult:
-        return await self.aexecute(
-            Job(op="tests", code=code, tests=tests, entry_point=entry_point, limits=limits)
-        )
 
     async def amap(self, jobs: Sequence[Job], *, width: int | None = None) -> list[ExecResult]:
         return await asyncio.to_thread(self.map, jobs, width=width)

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from rolegraph.cluster.cli import with_ray
 from rolegraph.terminal import safe
 
 console = Console()
@@ -36,6 +37,7 @@ def _default_file(candidates: tuple[Path, ...], name: str) -> Path:
 
 
 @eval_app.command("cruxeval")
+@with_ray
 def cruxeval(
     file: Path | None = typer.Option(None, "--file", help="CRUXEval JSONL (default: the shared dev split)."),
     mode: str = typer.Option("output", "--mode", help="output (CRUXEval-O) or input (CRUXEval-I)."),
@@ -130,6 +132,6 @@ def register(app: typer.Typer) -> None:
     """Add `rolegraph eval` with its benchmarks to the root app."""
     from rolegraph.cli import eval_tasks
 
-    eval_app.command("math")(eval_tasks.math)
-    eval_app.command("code")(eval_tasks.code)
+    eval_app.command("math")(with_ray(eval_tasks.math))
+    eval_app.command("code")(with_ray(eval_tasks.code))
     app.add_typer(eval_app, name="eval")

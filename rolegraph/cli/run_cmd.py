@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from rolegraph.cluster.cli import with_ray
 from rolegraph.errors import ConfigError, RolegraphError
 from rolegraph.terminal import safe, safe_console
 
@@ -325,7 +326,7 @@ def graph_check(graph: str = typer.Argument(..., help="A YAML graph spec, or a g
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    app.command("run")(run)
+    app.command("run")(with_ray(run))
     app.command("export")(export)
     app.add_typer(runs_app, name="runs")
     app.add_typer(graph_app, name="graph")

@@ -104,8 +104,21 @@ def triplets(
 
 
 @sandbox_app.command("doctor")
-def doctor() -> None:
-    """Report which backends work on this machine, and why the others do not (one JSON line each)."""
+def doctor(
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Check every node of this Ray cluster instead (`auto`: the cluster `ray start` started here).",
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="With --ray: the backend sandbox actors would run."
+    ),
+) -> None:
+    """Report which backends work on this machine (or on each Ray node), and why the others do not (JSON)."""
+    if ray_address is not None:
+        _doctor_ray(ray_address, backend)
+        return
     from rolegraph.environments.sandbox.selection import doctor as check_all
 
     console = Console(stderr=True)
@@ -113,6 +126,64 @@ def doctor() -> None:
         mark = "[green]works[/]" if report.works else "[red]unavailable[/]"
         console.print(f"{report.name:>13}: {mark} - {report.reason}", highlight=False)
         print(json.dumps({"backend": report.name, "works": report.works, "reason": report.reason}))
+
+
+def _doctor_ray(address: str, backend: str) -> None:
+    """The doctor checks as a Ray task on each node: a table on stderr, one JSON line per node on stdout."""
+    from rich.table import Table
+
+    from rolegraph.cluster.connect import connect
+    from rolegraph.environments.sandbox.ray_pool import (
+        ISOLATING_BACKENDS,
+        SANDBOX_RESOURCE,
+        doctor_nodes,
+        sandbox_nodes,
+    )
+
+    connect(address)
+    reports = doctor_nodes()
+    hosts = {report.node_id: name for report, name in sandbox_nodes(reports, backend, SANDBOX_RESOURCE)}
+    table = Table(title=f"sandbox backends on the Ray cluster at {address}")
+    for column in ("node", "address", f"{SANDBOX_RESOURCE} resource", *ISOLATING_BACKENDS, "sandbox actor"):
+        table.add_column(column)
+    for report in reports:
+        cells = [
+            "[green]works[/]"
+            if report.works(name)
+            else f"[red]no[/]: {report.reasons.get(name) or report.error}"
+            for name in ISOLATING_BACKENDS
+        ]
+        offered = report.resources.get(SANDBOX_RESOURCE)
+        actor = (
+            f"[green]{hosts[report.node_id]}[/] ×{report.width(SANDBOX_RESOURCE)}"
+            if report.node_id in hosts
+            else "none"
+        )
+        head = " (head)" if report.offers("node:__internal_head__") else ""
+        table.add_row(
+            report.node_id[:12] + head,
+            report.address,
+            "-" if offered is None else f"{offered:g}",
+            *cells,
+            actor,
+        )
+        record = {
+            "node": report.node_id,
+            "address": report.address,
+            "sandbox_resource": offered,
+            **{
+                name: {
+                    "works": report.works(name),
+                    "reason": report.reasons.get(name) or report.error or "works",
+                }
+                for name in ISOLATING_BACKENDS
+            },
+            "head": bool(head),
+            "sandbox_actor": hosts.get(report.node_id),
+            "width": report.width(SANDBOX_RESOURCE) if report.node_id in hosts else 0,
+        }
+        print(json.dumps(record))
+    Console(stderr=True).print(table)
 
 
 @sandbox_app.command("build-image")

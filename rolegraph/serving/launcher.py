@@ -1,8 +1,9 @@
 """Start, find, health-check and stop vLLM servers that rolegraph launches itself.
 
 Each launched server runs in its own process group and leaves a state file in $ROLEGRAPH_HOME/servers/
-(pid, port, spec hash). A later command with the same endpoint name and spec reuses a live, healthy server
-instead of starting another. The server's output goes to $ROLEGRAPH_HOME/servers/<endpoint>-<port>.log.
+(pid, port, spec hash, replica index: a spec with `replicas: N` is N such servers, each on its own port). A
+later command with the same endpoint name, spec and replica index reuses a live, healthy server instead of
+starting another. The server's output goes to $ROLEGRAPH_HOME/servers/<endpoint>-<port>.log.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class ServerState:
     model_path: str
     log_path: str
     started_at: float
+    replica: int = 0
+    """Which of the spec's `replicas` this server is (state files from before replicas lack it: 0)."""
 
     @property
     def base_url(self) -> str:
@@ -92,7 +95,7 @@ class ServerHandle:
 
 def forget_server(state: ServerState) -> None:
     """Remove the state file of a stopped server, unless it now records a newer server with the same spec."""
-    path = _state_path(state.endpoint, state.spec_hash)
+    path = _state_path(state.endpoint, state.spec_hash, state.replica)
     recorded = _read_state(path)
     if recorded is not None and recorded.pid == state.pid:
         path.unlink(missing_ok=True)
@@ -147,9 +150,13 @@ def cpu_thread_binding(cpus: list[int] | None = None) -> str | None:
     return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
-def build_env(spec: LaunchSpec) -> dict[str, str]:
-    """The server environment: CPU KV-cache size and thread binding on CPU only (GPU is configuration)."""
+def build_env(spec: LaunchSpec, replica: int = 0) -> dict[str, str]:
+    """The server environment: CPU KV-cache size and thread binding on CPU only (GPU is configuration, and
+    with `num_gpus` each replica its own GPUs)."""
     env = dict(os.environ)
+    gpus = replica_gpus(spec, replica, env.get(VISIBLE_GPUS))
+    if gpus is not None and VISIBLE_GPUS not in spec.env:
+        env[VISIBLE_GPUS] = gpus
     if spec.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))  # vLLM reads an int (GiB)
         binding = cpu_thread_binding()
@@ -162,9 +169,32 @@ def build_env(spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
+VISIBLE_GPUS = "CUDA_VISIBLE_DEVICES"
+
+
+def replica_gpus(spec: LaunchSpec, replica: int, visible: str | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for replica `replica` of a GPU spec with a whole `num_gpus`: the replica's own
+    slice of the visible GPUs (`visible`, else 0, 1, ...); None when the spec leaves placement alone."""
+    if spec.device != "gpu" or spec.num_gpus is None or spec.num_gpus != int(spec.num_gpus):
+        return None
+    per = int(spec.num_gpus)
+    ids = [part.strip() for part in visible.split(",") if part.strip()] if visible else None
+    wanted = range(replica * per, (replica + 1) * per)
+    if ids is None:
+        return ",".join(str(i) for i in wanted)
+    if wanted.stop > len(ids):
+        raise EndpointError(
+            f"replica {replica} needs GPUs {wanted.start}-{wanted.stop - 1} of {VISIBLE_GPUS}={visible}, "
+            f"which lists {len(ids)}",
+            "lower `launch.replicas` or `launch.num_gpus`, or make more GPUs visible",
+        )
+    return ",".join(ids[i] for i in wanted)
+
+
 def spec_hash(spec: LaunchSpec, model_arg: str) -> str:
-    """Identity of a server for reuse. An unset port is not part of it, nor is the start-up timeout."""
-    data = spec.model_dump(mode="json", exclude={"startup_timeout_s"})
+    """Identity of a server for reuse. An unset port is not part of it, nor is the start-up timeout, nor how
+    many replicas serve the spec (each replica is a server of it)."""
+    data = spec.model_dump(mode="json", exclude={"startup_timeout_s", "replicas", "num_gpus"})
     data["model_arg"] = model_arg
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -176,8 +206,10 @@ def launch_server(
     reuse: bool = True,
     console: Console | None = None,
     cancel: threading.Event | None = None,
+    replica: int = 0,
 ) -> ServerHandle:
-    """Reuse a live server with the same spec, or start one and wait until it serves its model.
+    """Reuse a live server with the same spec (and replica index), or start one and wait until it serves its
+    model. Replica i listens on `spec.port + i` when a port is set.
 
     `cancel` lets a caller that runs this in a worker thread abort the start-up (the server is then stopped).
     """
@@ -185,15 +217,15 @@ def launch_server(
     model_arg, default_name = resolve_model(spec.model)
     served = spec.served_model_name or default_name
     digest = spec_hash(spec, model_arg)
-    with _lock(endpoint, digest):
+    with _lock(endpoint, digest, replica):
         if reuse:
-            found = find_server(endpoint, digest)
+            found = find_server(endpoint, digest, replica)
             if found is not None:
                 console.print(
                     f"[green]reusing[/] vLLM server '{endpoint}' at {found.base_url} (pid {found.pid})"
                 )
                 return ServerHandle(found, owned=False)
-        port = _pick_port(spec.host, spec.port)
+        port = _pick_port(spec.host, None if spec.port is None else spec.port + replica)
         log_path = paths.servers_dir() / f"{endpoint}-{port}.log"
         cmd = build_command(spec, model_arg, served, port)
         with log_path.open("wb") as log:
@@ -204,11 +236,20 @@ def launch_server(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=build_env(spec),
+                env=build_env(spec, replica),
                 start_new_session=True,  # its own process group, so stopping it stops every worker too
             )
         state = ServerState(
-            endpoint, process.pid, spec.host, port, digest, served, model_arg, str(log_path), time.time()
+            endpoint,
+            process.pid,
+            spec.host,
+            port,
+            digest,
+            served,
+            model_arg,
+            str(log_path),
+            time.time(),
+            replica,
         )
         handle = ServerHandle(state, owned=True, process=process)
         try:
@@ -216,7 +257,7 @@ def launch_server(
         except BaseException:  # also Ctrl-C: never leave a half-started server behind
             handle.stop(grace_s=5.0)
             raise
-        _state_path(endpoint, digest).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        _state_path(endpoint, digest, replica).write_text(json.dumps(asdict(state), indent=2) + "\n")
         return handle
 
 
@@ -266,9 +307,9 @@ def _serves(http: httpx2.Client, root: str, model: str) -> bool:
         return False
 
 
-def find_server(endpoint: str, digest: str) -> ServerState | None:
-    """A live, healthy server recorded for this endpoint and spec; stale state files are removed."""
-    path = _state_path(endpoint, digest)
+def find_server(endpoint: str, digest: str, replica: int = 0) -> ServerState | None:
+    """A live, healthy server recorded for this endpoint, spec and replica; stale state files are removed."""
+    path = _state_path(endpoint, digest, replica)
     state = _read_state(path)
     if state is None:
         return None
@@ -351,8 +392,9 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _state_path(endpoint: str, digest: str) -> Path:
-    return paths.servers_dir() / f"{endpoint}-{digest}.json"
+def _state_path(endpoint: str, digest: str, replica: int = 0) -> Path:
+    suffix = f"-r{replica}" if replica else ""
+    return paths.servers_dir() / f"{endpoint}-{digest}{suffix}.json"
 
 
 def _read_state(path: Path) -> ServerState | None:
@@ -363,9 +405,10 @@ def _read_state(path: Path) -> ServerState | None:
 
 
 @contextlib.contextmanager
-def _lock(endpoint: str, digest: str) -> Iterator[None]:
+def _lock(endpoint: str, digest: str, replica: int = 0) -> Iterator[None]:
     """Serialise launch-or-reuse of one endpoint spec across processes, so two commands start one server."""
-    with (paths.servers_dir() / f".{endpoint}-{digest}.lock").open("w") as handle:
+    suffix = f"-r{replica}" if replica else ""
+    with (paths.servers_dir() / f".{endpoint}-{digest}{suffix}.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -1,5 +1,8 @@
 """All endpoints a config's roles use, one Client each, and the live role → (endpoint, model) bindings.
 
+An endpoint may have several replicas (a list of `base_url`s, or `launch.replicas`): its one Client routes
+among them (see rolegraph.serving.replicas) and loads adapters into all of them.
+
 An attached endpoint is probed on first use (see rolegraph.serving.capabilities; what the config declares is
 not probed) and the result cached for the pool's life, i.e. the run. A model such an endpoint does not list
 is used with a one-line warning once a 1-token request shows the server accepts the name.
@@ -16,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from rolegraph.config import RoleBinding, RolegraphConfig, SamplingParams
+from rolegraph.config import LaunchSpec, RoleBinding, RolegraphConfig, SamplingParams
 from rolegraph.errors import ConfigError, ModelNotFoundError, RequestRejectedError
 from rolegraph.serving.capabilities import CHAT_PROBED, Capabilities, probe
 from rolegraph.serving.client import Client
@@ -42,6 +45,9 @@ class EndpointPool:
         self._console = console or Console(stderr=True)
         self.clients: dict[str, Client] = {}
         self.servers: dict[str, ServerHandle] = {}
+        """Endpoint → the server launched (or reused) for it; its first replica's when it has several."""
+        self.replica_servers: dict[str, list[ServerHandle]] = {}
+        """Endpoint → every replica's server, for launched endpoints."""
         self.base_models: dict[str, str] = {}
         """Endpoint → its base model (the listed one, or for an endpoint listing none the model its roles
         are bound to)."""
@@ -97,26 +103,19 @@ class EndpointPool:
 
     async def _open_endpoint(self, name: str) -> None:
         endpoint = self.config.endpoints[name]
-        base_url = endpoint.base_url
+        urls = endpoint.replica_urls
         if endpoint.launch is not None:
-            # Launching blocks for tens of seconds (health polling); keep the event loop responsive meanwhile.
-            cancel = threading.Event()
-            try:
-                handle = await asyncio.to_thread(
-                    launch_server, name, endpoint.launch, console=self._console, cancel=cancel
-                )
-            except asyncio.CancelledError:
-                cancel.set()  # the thread notices, stops the half-started server and exits
-                raise
-            self.servers[name] = handle
-            base_url = handle.base_url
-        assert base_url is not None  # the config guarantees base_url or launch
+            handles = await self._launch(name, endpoint.launch)
+            self.servers[name] = handles[0]
+            self.replica_servers[name] = handles
+            urls = [handle.base_url for handle in handles]
+        assert urls  # the config guarantees base_url or launch
         declared = Capabilities.declared(endpoint.capabilities)
         if endpoint.launch is not None:
             declared = declared.over(Capabilities.vllm(runtime_lora=endpoint.launch.enable_lora))
         client = Client(
             name,
-            base_url,
+            urls,
             api_key=endpoint.api_key,
             max_concurrency=endpoint.max_concurrency,
             timeout_s=endpoint.timeout_s,
@@ -130,6 +129,30 @@ class EndpointPool:
             return
         with contextlib.suppress(ConfigError):  # roles bound to it must then name their model (see start)
             self.base_models[name] = await client.base_model()
+
+    async def _launch(self, name: str, spec: LaunchSpec) -> list[ServerHandle]:
+        """Start (or reuse) every replica of a launched endpoint, concurrently; all or none."""
+        # Launching blocks for tens of seconds (health polling); keep the event loop responsive meanwhile.
+        cancel = threading.Event()
+        starts = [
+            asyncio.to_thread(
+                launch_server, name, spec, console=self._console, cancel=cancel, replica=replica
+            )
+            for replica in range(spec.replicas)
+        ]
+        try:
+            results = await asyncio.gather(*starts, return_exceptions=True)
+        except asyncio.CancelledError:
+            cancel.set()  # the threads notice, stop their half-started servers and exit
+            raise
+        handles = [result for result in results if isinstance(result, ServerHandle)]
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            for handle in handles:
+                if handle.owned and not self.keep_servers:
+                    await asyncio.to_thread(handle.stop)
+            raise failures[0]
+        return handles
 
     async def _check_served(self, endpoint: str, model: str, *, role: str | None = None) -> None:
         """The endpoint serves `model`: it lists it, or (attached) accepts it in a 1-token request."""
@@ -233,12 +256,14 @@ class EndpointPool:
         clients, self.clients = self.clients, {}
         for client in clients.values():
             await client.aclose()
-        servers, self.servers = self.servers, {}
+        self.servers = {}
+        replica_servers, self.replica_servers = self.replica_servers, {}
         if self.keep_servers:
             return
-        for handle in servers.values():
-            if handle.owned:
-                await asyncio.to_thread(handle.stop)
+        for handles in replica_servers.values():
+            for handle in handles:
+                if handle.owned:
+                    await asyncio.to_thread(handle.stop)
 
 
 def _rejected(who: str, endpoint: str, model: str, exc: RequestRejectedError) -> ModelNotFoundError:

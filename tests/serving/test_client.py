@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import httpx2
@@ -212,9 +213,14 @@ async def test_hot_load_swap_and_unload_an_adapter(rg_config: RolegraphConfig, r
                 QUESTION, model=name, sampling=SamplingParams(max_tokens=4, temperature=0)
             )
             assert result.model == name and result.choices[0].token_ids
-            # A loaded name is never reloaded (in place or not): its weights stay what it was loaded with.
-            with pytest.raises(RequestRejectedError, match="could not load adapter"):
-                await client.load_adapter(name, str(random_adapter))
+            # Loading a served name again is a no-op when it is the same directory (a retried hand-off), and
+            # refused from any other: a name always means the weights it was first loaded with.
+            await client.load_adapter(name, str(random_adapter))
+            assert name in await client.list_models()
+            elsewhere = random_adapter.parent / "same-weights-elsewhere"
+            shutil.copytree(random_adapter, elsewhere, dirs_exist_ok=True)
+            with pytest.raises(RequestRejectedError, match="already serves another adapter by that name"):
+                await client.load_adapter(name, str(elsewhere))
         finally:
             await client.unload_adapter(name)
         assert name not in await client.list_models()

@@ -66,7 +66,7 @@ def test_hostile_completions_never_run(
 def promptcot_run(rg_config: RolegraphConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real promptcot episode on the test server, tiny generations."""
     root = tmp_path_factory.mktemp("studio-runs")
-    options = {"seed_limit": 1, "k": 2, "max_tokens": 24, "use_embeddings": False}
+    options = {"seed_limit": 1, "k": 2, "max_tokens": 48, "use_embeddings": False}  # room for a concept list
     run = run_graph(PROMPTCOT, rg_config, RunParams(n=1, options=options), root / "promptcot", progress=False)
     # Playwright's sync API holds this thread's event loop: run the graph on a loop of its own
     with ThreadPoolExecutor(1) as worker:

@@ -1,0 +1,77 @@
+"""A LangGraph checkpointer whose checkpoints live in the store-writer actor (in the run directory's
+checkpoints file, on the driver's node), so a worker on any node resumes an episode from its last node."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+
+
+class RemoteCheckpointer(BaseCheckpointSaver[str]):
+    """Forwards every checkpoint read and write to the writer actor (an AsyncSqliteSaver there); async only,
+    as the runtime uses it."""
+
+    def __init__(self, writer: Any) -> None:
+        super().__init__()
+        self.writer = writer
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        found: CheckpointTuple | None = await self.writer.aget_tuple.remote(config)
+        return found
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self.writer.alist.remote(config, filter, before, limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved: RunnableConfig = await self.writer.aput.remote(config, checkpoint, metadata, new_versions)
+        return saved
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await self.writer.aput_writes.remote(config, list(writes), task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.writer.adelete_thread.remote(thread_id)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, Any]:
+        history: Mapping[str, Any] = await self.writer.aget_delta_channel_history.remote(
+            config, list(channels)
+        )
+        return history
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """As AsyncSqliteSaver numbers versions, so checkpoints written here and there compare alike."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"

@@ -1,0 +1,217 @@
+"""The run's one writer on a cluster: an actor on the driver's node that owns the run's Store and checkpoints
+file, and `RemoteStore`, the proxy workers (and the driver) write and read through.
+
+Every write is committed by the actor before the caller goes on, as on one machine, so a worker dying at any
+moment leaves only complete rows; the runtime supersedes an interrupted attempt's steps on resume. A write
+from an attempt the run has since restarted elsewhere (a worker declared dead that still talks) is dropped,
+so nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, cast
+
+from rolegraph.store import Step, Store
+from rolegraph.store.check import CHECKPOINT_FILE
+
+READ_METHODS = frozenset(
+    {
+        "run",
+        "finished_ids",
+        "episodes",
+        "episode",
+        "steps",
+        "usage_by_role",
+        "counts",
+        "failures_by_kind",
+        "missing_rewards",
+        "rejection_reasons",
+        "training_runs",
+        "integrity_check",
+    }
+)
+"""Store methods forwarded as they are (reads, and writes that carry no episode attempt)."""
+PLAIN_WRITES = frozenset({"start_run", "add_rewards", "record_training"})
+
+
+class StoreWriter:
+    """The actor (see `start_writer`): the run's Store and LangGraph checkpointer, in one process."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.store = Store(run_dir)
+        self.attempts: dict[str, int] = {}
+        """Episode id → its current attempt, as this writer began it."""
+        self._stack = AsyncExitStack()
+        self._saver: Any = None
+
+    async def saver(self) -> Any:
+        if self._saver is None:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+            path = str(self.store.run_dir / CHECKPOINT_FILE)
+            self._saver = await self._stack.enter_async_context(AsyncSqliteSaver.from_conn_string(path))
+        return self._saver
+
+    async def ready(self) -> str:
+        await self.saver()
+        return str(self.store.run_dir)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._saver = None
+        self.store.close()
+
+    # --- the store ------------------------------------------------------------------------------------
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if method not in READ_METHODS | PLAIN_WRITES:
+            raise AttributeError(f"the store writer does not forward {method}")
+        return getattr(self.store, method)(*args, **kwargs)
+
+    def _stale(self, episode_id: str, attempt: int | None) -> bool:
+        current = self.attempts.get(episode_id)
+        return attempt is not None and current is not None and attempt < current
+
+    def begin_episode(self, episode_id: str, input_state: dict[str, Any]) -> int:
+        attempt = self.store.begin_episode(episode_id, input_state)
+        self.attempts[episode_id] = attempt
+        return attempt
+
+    def finish_episode(self, episode_id: str, attempt: int | None, *args: Any, **kwargs: Any) -> bool:
+        if self._stale(episode_id, attempt):
+            return False
+        self.store.finish_episode(episode_id, *args, **kwargs)
+        return True
+
+    def fail_episode(self, episode_id: str, attempt: int | None, *args: Any, **kwargs: Any) -> bool:
+        if self._stale(episode_id, attempt):
+            return False
+        self.store.fail_episode(episode_id, *args, **kwargs)
+        return True
+
+    def supersede_interrupted(self, episode_id: str, attempt: int, completed: set[str] | None) -> int:
+        if self._stale(episode_id, attempt):
+            return 0
+        return self.store.supersede_interrupted(episode_id, attempt, completed)
+
+    def record_step(self, step: Step) -> Step:
+        if self._stale(step.episode_id, step.attempt):
+            return step  # id 0: not recorded
+        return self.store.record_step(step)
+
+    def record_steps(self, steps: Sequence[Step]) -> list[Step]:
+        """Record many steps in order (one actor call): what a batching caller or a bench sends."""
+        return [self.record_step(step) for step in steps]
+
+    def statuses(self, episode_ids: Sequence[str]) -> dict[str, str]:
+        """Episode id → 'kept', 'finished' (rejected), 'failed' or 'running'; unknown ids are left out."""
+        found: dict[str, str] = {}
+        for key in episode_ids:
+            record = self.store.episode(key)
+            if record is not None:
+                found[key] = "kept" if record.status == "finished" and record.kept else record.status
+        return found
+
+    # --- the checkpointer -----------------------------------------------------------------------------
+    async def aget_tuple(self, config: dict[str, Any]) -> Any:
+        return await (await self.saver()).aget_tuple(config)
+
+    async def alist(self, config: Any, filter: Any, before: Any, limit: int | None) -> list[Any]:
+        saver = await self.saver()
+        return [t async for t in saver.alist(config, filter=filter, before=before, limit=limit)]
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        return await (await self.saver()).aput(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str) -> None:
+        await (await self.saver()).aput_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await (await self.saver()).adelete_thread(thread_id)
+
+    async def aget_delta_channel_history(self, config: Any, channels: Sequence[str]) -> Any:
+        return await (await self.saver()).aget_delta_channel_history(config=config, channels=channels)
+
+
+def start_writer(run_dir: Path, node_id: str) -> Any:
+    """Start the writer actor on `node_id` (the driver's: the files never leave its disk) and wait for it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rolegraph.cluster.connect import remote_error
+
+    actor = ray.remote(StoreWriter).options(
+        num_cpus=0,
+        max_restarts=0,
+        max_concurrency=1000,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    )
+    handle: Any = actor.remote(str(run_dir.resolve()))
+    try:
+        ray.get(handle.ready.remote())
+    except Exception as exc:
+        raise remote_error(exc) from None
+    return handle
+
+
+class RemoteStore:
+    """A Store whose every call runs in the writer actor (use it where a `Store` is expected)."""
+
+    def __init__(self, writer: Any, run_dir: Path) -> None:
+        self.writer = writer
+        self.run_dir = run_dir
+        self.attempts: dict[str, int] = {}
+
+    def as_store(self) -> Store:
+        return cast(Store, self)
+
+    def _get(self, ref: Any) -> Any:
+        import ray
+
+        from rolegraph.cluster.connect import remote_error
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise remote_error(exc) from None
+
+    def __getattr__(self, method: str) -> Any:
+        if method not in READ_METHODS | PLAIN_WRITES:
+            raise AttributeError(method)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return self._get(self.writer.call.remote(method, args, kwargs))
+
+        return forward
+
+    def begin_episode(self, episode_id: str, input_state: dict[str, Any]) -> int:
+        attempt = int(self._get(self.writer.begin_episode.remote(episode_id, input_state)))
+        self.attempts[episode_id] = attempt
+        return attempt
+
+    def finish_episode(self, episode_id: str, *args: Any, **kwargs: Any) -> None:
+        attempt = self.attempts.get(episode_id)
+        self._get(self.writer.finish_episode.remote(episode_id, attempt, *args, **kwargs))
+
+    def fail_episode(self, episode_id: str, *args: Any, **kwargs: Any) -> None:
+        attempt = self.attempts.get(episode_id)
+        self._get(self.writer.fail_episode.remote(episode_id, attempt, *args, **kwargs))
+
+    def supersede_interrupted(self, episode_id: str, attempt: int, completed: set[str] | None) -> int:
+        return int(self._get(self.writer.supersede_interrupted.remote(episode_id, attempt, completed)))
+
+    def record_step(self, step: Step) -> Step:
+        recorded: Step = self._get(self.writer.record_step.remote(step))
+        return recorded
+
+    def statuses(self, episode_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = self._get(self.writer.statuses.remote(list(episode_ids)))
+        return found
+
+    def close(self) -> None:
+        """Close the writer's files (the driver does this once, at the end of the run)."""
+        with contextlib.suppress(Exception):
+            self._get(self.writer.close.remote())
