@@ -1,12 +1,14 @@
 """Learning check: does rolegraph's loop make the built-in model better on held-out problems, on CPU?
 
 1. A synthetic task family generated from a seed: one-step arithmetic word problems ("Mia has 7 marbles and
-   finds 5 more…"). Train and test problems are disjoint by construction (no text appears in both).
+   finds 5 more…"), answered by the `arith_solver` role (agents/prompts/arith_solver.md: one worked example,
+   then 'Answer: N'), which the built-in 135M model passes about a third of the time. Train and test problems
+   are disjoint by construction (no text appears in both).
 2. Baseline: `rolegraph eval` (the eval graph) of the solver on the test problems, avg@S per problem.
 3. R rounds of self-play on the training problems, each ending with the new adapter handed off to the solver:
-   `--method dpo` is `rolegraph train selfplay` (DPO on passing vs failing rollouts); `--method sft` is
-   rejection-sampling fine-tuning (the same verified rollouts, SFT on the passing ones: distillation from the
-   model's own verified samples).
+   `--method sft` (the default) is rejection-sampling fine-tuning: the selfplay graph's verified rollouts,
+   SFT of a fresh LoRA on the passing ones (distillation from the model's own verified samples); `--method
+   dpo` is `rolegraph train selfplay` (DPO on passing vs failing rollouts).
 4. The same eval of the adapter on the test problems. Reported: accuracy before and after, the number of test
    problems, and a 95% interval on the paired difference. Target: an interval that excludes zero within 30
    minutes on 2 cores. Figures go to bench/RESULTS.md ("## Learning check").
@@ -31,6 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
+from rolegraph.agents.registry import PROMPTS_DIR, register_role, role_from_file
 from rolegraph.config import EndpointConfig, LaunchSpec, RoleBinding, RolegraphConfig
 from rolegraph.errors import TrainingError
 from rolegraph.eval import EvalReport, EvalSettings, evaluate
@@ -41,11 +44,16 @@ from rolegraph.serving import EndpointPool
 from rolegraph.trainers.config import DPOSettings, SFTSettings
 from rolegraph.trainers.distill import distill
 from rolegraph.trainers.handoff import hand_off
+from rolegraph.trainers.pairs import ProblemRollouts
 from rolegraph.trainers.registry import AdapterRegistry
 from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Learning check"
+ROLE = "arith_solver"
+"""The solver role under test: agents/prompts/arith_solver.md (one worked example, then 'Answer: N'), parsed
+like the stock solver (`\\boxed{}` or an 'answer: N' phrase) and checked with math-verify. The stock
+solver prompt made the 135M model write a long preamble that never reached an answer (0 of 32 passed)."""
 console = Console(stderr=True)
 
 NAMES = ("Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Ines", "Kai", "Lena", "Ravi")
@@ -55,6 +63,13 @@ TEMPLATES = (
     ("{n} has {a} {t} and gives away {b}. How many {t} does {n} have left?", lambda a, b: a - b),
     ("{n} buys {a} bags with {b} {t} in each bag. How many {t} does {n} buy?", lambda a, b: a * b),
 )
+
+
+def register_solver() -> None:
+    """Make the `arith_solver` role (its prompt file, the stock solver's parser) available to every graph."""
+    register_role(
+        role_from_file(ROLE, PROMPTS_DIR / f"{ROLE}.md", "boxed", {"temperature": 0.7, "max_tokens": 32})
+    )
 
 
 def word_problems(count: int, seed: int) -> list[dict[str, str]]:
@@ -106,34 +121,45 @@ async def _eval(
 ) -> EvalReport:
     settings = EvalSettings(
         task="math", file=file, n=args.test, samples=args.samples, k=1, max_tokens=args.max_tokens,
-        temperature=args.temperature, seed=args.seed, concurrency=args.concurrency,
+        temperature=args.temperature, seed=args.seed, concurrency=args.concurrency, solver_role=ROLE,
     )  # fmt: skip
-    return await evaluate(pool, [Binding("solver", label, "bench")], settings, run_dir, progress=False)
+    return await evaluate(pool, [Binding(ROLE, label, "bench")], settings, run_dir, progress=False)
+
+
+def _passed(groups: list[ProblemRollouts]) -> str:
+    """How many of a round's verified rollouts passed (the training problems' pass rate under the policy)."""
+    verified = [r for g in groups for r in g.verified]
+    passed = sum(bool(r.passed) for r in verified)
+    return f"{passed}/{len(verified)} rollouts passed ({passed / max(len(verified), 1):.0%})"
 
 
 async def _round(pool: EndpointPool, train: Path, args: argparse.Namespace, work: Path, index: int) -> str:
-    """One self-play round; the adapter it hands off, or why none was trained."""
+    """One self-play round; what it sampled and the adapter it handed off (or why none was trained)."""
     registry = AdapterRegistry(work / "adapters")
     settings = SelfPlaySettings(
         problems=train, run_dir=work / f"round{index}", model_dir=prepare_model(), max_problems=args.train,
-        n=args.rollouts, max_tokens=args.max_tokens, temperature=1.0, seed=args.seed + index,
-        max_pass_rate=args.max_pass_rate, concurrency=args.concurrency,
-        dpo=DPOSettings(max_steps=args.steps, learning_rate=args.lr, batch_size=2),
+        policy_role=ROLE, n=args.rollouts, max_tokens=args.max_tokens, temperature=args.rollout_temperature,
+        seed=args.seed + index, max_pass_rate=args.max_pass_rate, concurrency=args.concurrency,
+        dpo=DPOSettings(max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size),
     )  # fmt: skip
     play = SelfPlay(pool, settings, registry)
     if args.method == "dpo":
         report = await play.run()
-        return report.adapter or f"no DPO pairs ({report.pairs_report.dropped})"
-    await play.rollouts()
-    sft = SFTSettings(model=prepare_model(), max_steps=args.steps, learning_rate=args.lr * 4, batch_size=2)
+        rates = report.pass_rates
+        sampled = f"mean pass rate {sum(rates.values()) / max(len(rates), 1):.0%}, {report.pairs} DPO pairs"
+        return f"{sampled} → {report.adapter or f'no adapter ({report.pairs_report.dropped})'}"
+    _, groups, _ = await play.rollouts()
+    sft = SFTSettings(
+        model=prepare_model(), max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size
+    )
     try:
         _, adapter = await asyncio.to_thread(
-            distill, settings.run_dir, sft, teacher_role="solver", student_role="solver", registry=registry
+            distill, settings.run_dir, sft, teacher_role=ROLE, student_role=ROLE, registry=registry
         )
     except TrainingError as exc:
-        return f"no verified samples to distil ({exc.message})"
-    await hand_off(pool, "solver", adapter)
-    return adapter.lora_name
+        return f"{_passed(groups)} → no verified samples to distil ({exc.message})"
+    await hand_off(pool, ROLE, adapter)
+    return f"{_passed(groups)} → SFT on them → {adapter.lora_name}"
 
 
 def _write_results(text: str) -> None:
@@ -149,7 +175,7 @@ def _write_results(text: str) -> None:
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="learning check (see the module docstring)")
-    parser.add_argument("--method", choices=("dpo", "sft"), default="dpo")
+    parser.add_argument("--method", choices=("dpo", "sft"), default="sft")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train", type=int, default=48, help="training problems")
     parser.add_argument("--test", type=int, default=40, help="held-out test problems")
@@ -159,7 +185,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.7, help="eval sampling temperature")
     parser.add_argument("--max-pass-rate", type=float, default=0.75)
     parser.add_argument("--steps", type=int, default=8, help="trainer steps per round")
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, help="learning rate (default: 5e-5 for dpo, 5e-4 for sft)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rollout-temperature", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -167,6 +195,8 @@ def _args() -> argparse.Namespace:
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = 5e-5 if args.method == "dpo" else 5e-4
     if args.tiny:
         args.rounds, args.train, args.test, args.samples, args.rollouts = 1, 4, 3, 2, 2
         args.max_tokens, args.steps = 24, 1
@@ -175,6 +205,7 @@ def _args() -> argparse.Namespace:
 
 async def main() -> int:
     args = _args()
+    register_solver()
     base_url, handle = _server()
     try:
         return await _check(args, base_url)
@@ -190,37 +221,46 @@ async def _check(args: argparse.Namespace, base_url: str) -> int:
     train, test = _write(work / "train.jsonl", train_rows), _write(work / "test.jsonl", test_rows)
     config = RolegraphConfig(
         endpoints={"bench": EndpointConfig(base_url=base_url)},
-        roles={"solver": RoleBinding(endpoint="bench")},
+        roles={ROLE: RoleBinding(endpoint="bench")},
     )
     rounds: list[str] = []
+    loads = [os.getloadavg()[0]]
     async with EndpointPool(config) as pool:
         before = await _eval(pool, test, args, work / "before", "base")
         console.print(f"before: avg@{args.samples} {before.bindings[0].scores.avg_k:.3f}")
+        loads.append(os.getloadavg()[0])
         for index in range(args.rounds):
             rounds.append(await _round(pool, train, args, work, index))
             console.print(f"round {index + 1}: {rounds[-1]}")
-        after = await _eval(pool, test, args, work / "after", pool.bindings["solver"].model or "?")
+            loads.append(os.getloadavg()[0])
+        after = await _eval(pool, test, args, work / "after", pool.bindings[ROLE].model or "?")
     minutes = (time.perf_counter() - started) / 60
+    loads.append(os.getloadavg()[0])
     b, a = _per_problem(before), _per_problem(after)
     common = sorted(set(b) & set(a))
     diff, low, high = paired_difference([b[p] for p in common], [a[p] for p in common])
     sb, sa = before.bindings[0].scores, after.bindings[0].scores
     verdict = "interval excludes zero" if low > 0 else "interval includes zero: no measured improvement"
+    settings = " ".join(
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("method", "rounds", "train", "test", "samples", "rollouts", "max_tokens", "steps", "lr",
+                     "batch_size", "rollout_temperature", "temperature", "seed")
+    )  # fmt: skip
     text = (
         f"{SECTION}\n\n"
-        f"`python bench/learning.py --method {args.method} --rounds {args.rounds} --train {args.train} "
-        f"--test {args.test} --samples {args.samples} --rollouts {args.rollouts} --max-tokens "
-        f"{args.max_tokens} --steps {args.steps}{' --tiny' if args.tiny else ''}` ({platform.machine()}, "
-        f"{os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {minutes:.1f} min, load average {os.getloadavg()[0]:.1f}). "
-        f"Synthetic arithmetic word problems (seed {args.seed}), {len(train_rows)} train / {len(test_rows)} "
-        f"held-out test, disjoint; accuracy is avg@{args.samples} at temperature {args.temperature}.\n\n"
+        f"`python bench/learning.py {settings}{' --tiny' if args.tiny else ''}` ({platform.machine()}, "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, {minutes:.1f} min wall, 1-minute load "
+        f"average {min(loads):.1f}–{max(loads):.1f} at the phase boundaries). Synthetic arithmetic word "
+        f"problems (seed {args.seed}), {len(train_rows)} train / {len(test_rows)} held-out test, disjoint; "
+        f"role `{ROLE}`; "
+        f"accuracy is avg@{args.samples} at temperature {args.temperature}.\n\n"
         "| | accuracy [95% CI] | test problems |\n|---|---|---|\n"
         f"| before (base) | {sb.avg_k:.3f} [{sb.avg_k_ci[0]:.3f}, {sb.avg_k_ci[1]:.3f}] | {sb.problems} |\n"
         f"| after {args.rounds} {args.method} round(s) | {sa.avg_k:.3f} [{sa.avg_k_ci[0]:.3f}, "
         f"{sa.avg_k_ci[1]:.3f}] | {sa.problems} |\n"
         f"| difference (paired) | **{diff:+.3f}** [{low:+.3f}, {high:+.3f}] | {len(common)} |\n\n"
-        f"Rounds: {'; '.join(rounds)}. {verdict}.\n"
+        + "".join(f"Round {i}: {line}.\n" for i, line in enumerate(rounds, 1))
+        + f"\nVerdict: {verdict}.\n"
     )
     print(text)
     if not args.no_write:
