@@ -30,6 +30,8 @@ from rolegraph.trainers.base import TrainResult, quiet, scratch_dir, train_lora
 from rolegraph.trainers.config import TrainSettings
 
 EPS = 1e-6
+MICRO_BATCH = 2
+"""Rows per forward/backward; GRPOConfig wants the batch a multiple of its num_generations (2)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,6 @@ class ReinforcePPSettings(TrainSettings):
 
 
 def _trainer_class() -> Any:
-    from torch.utils.data import SequentialSampler
     from trl import GRPOTrainer
     from trl.trainer.utils import pad
 
@@ -87,7 +88,10 @@ def _trainer_class() -> Any:
             self.num_generations = 1  # one completion per prompt; GRPOConfig itself insists on 2
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
-            return SequentialSampler(dataset if dataset is not None else self.train_dataset)  # type: ignore[arg-type]
+            # The batch once per accumulation step, in order, as GRPO's RepeatSampler gives it: the trainer
+            # draws one batch per micro-step, and GRPO uses the first and serves its micro-batches from it.
+            rows = len(dataset if dataset is not None else self.train_dataset)  # type: ignore[arg-type]
+            return [index for _ in range(self.args.steps_per_generation) for index in range(rows)]
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             import torch
@@ -135,12 +139,14 @@ def dataset_rows(samples: Sequence[Sample]) -> list[dict[str, Any]]:
 
 
 def trl_config(settings: ReinforcePPSettings, output_dir: Path, rows: int) -> Any:
+    """The whole batch (`rows`, even) is one generation batch and one optimizer step, accumulated over
+    micro-batches of MICRO_BATCH rows: a forward and backward over every row at once (prompts of a thousand
+    tokens and more) took 18 GB on the built-in model."""
     from trl import GRPOConfig
 
     kwargs = settings.common_trl_kwargs(scratch_dir(output_dir))
-    # The whole batch is one generation batch and one optimizer step (GRPOConfig wants it even).
-    kwargs["per_device_train_batch_size"] = rows + rows % 2
-    kwargs["gradient_accumulation_steps"] = 1
+    kwargs["per_device_train_batch_size"] = MICRO_BATCH
+    kwargs["gradient_accumulation_steps"] = rows // MICRO_BATCH
     return GRPOConfig(**kwargs, num_generations=2, beta=0.0, loss_type=settings.loss_type)
 
 
@@ -159,6 +165,8 @@ def train_reinforce_pp(
     from datasets import Dataset
 
     rows = dataset_rows(samples)
+    if len(rows) % MICRO_BATCH:  # a copy with advantage 0 evens the batch: it adds no gradient
+        rows.append({**rows[-1], "advantage": 0.0})
     args = trl_config(settings, output_dir, len(rows))
     return train_lora(
         _trainer_class(),
