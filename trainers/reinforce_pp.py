@@ -91,7 +91,8 @@ def _trainer_class() -> Any:
             # The batch once per accumulation step, in order, as GRPO's RepeatSampler gives it: the trainer
             # draws one batch per micro-step, and GRPO uses the first and serves its micro-batches from it.
             rows = len(dataset if dataset is not None else self.train_dataset)  # type: ignore[arg-type]
-            return [index for _ in range(self.args.steps_per_generation) for index in range(rows)]
+            repeats = self.args.steps_per_generation  # type: ignore[attr-defined]
+            return [index for _ in range(repeats) for index in range(rows)]
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             import torch
