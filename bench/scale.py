@@ -271,7 +271,7 @@ def render(
         SECTION,
         f"`{command}` on {os.cpu_count()} CPU cores ({platform.machine()}, Python "
         f"{platform.python_version()}), {started}, 1-minute load {load[0]:.1f} before and {load[1]:.1f} "
-        "after (other sessions' tests share the machine). Ray 2.60 in a network namespace with loopback "
+        "after. Ray 2.60 in a network namespace with loopback "
         "alone (one node), the simulated endpoints (`bench/sim_endpoint.py`) in the same namespace: "
         f"{settings.per_token_ms:g} ms per token, {settings.slots} request(s) generating at once per "
         "endpoint. "
