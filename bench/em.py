@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 from openai import AsyncOpenAI
+from results import write_section  # bench/ is on sys.path when run as a script
 from rich.console import Console
 
 from rolegraph.config import EndpointConfig, LaunchSpec, RoleBinding, RolegraphConfig, SamplingParams
@@ -44,7 +45,6 @@ SEEDS = 8
 K = 4
 MAX_TOKENS = 64
 CONCURRENCY = 8
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## EM"
 console = Console(stderr=True)
 
@@ -196,15 +196,6 @@ class Bare:
 
 
 # --- main --------------------------------------------------------------------------------------------------
-def _write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Bench results\n"
-    start = old.find(f"\n{SECTION}\n")
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION) + 1)
-        new = old[: start + 1] + text + ("\n" + old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
 def _row(seconds: dict[str, float]) -> str:
@@ -276,7 +267,7 @@ async def main() -> int:
         f"- bare / runtime: **{ratio:.2f}×** (target ≥ 0.9×) {'PASS' if ratio >= 0.9 else 'FAIL'}\n"
     )
     print(report)
-    _write_results(report)
+    write_section(SECTION, report)
     return 0
 
 

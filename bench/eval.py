@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI
+from results import write_section  # bench/ is on sys.path when run as a script
 from rich.console import Console
 
 from rolegraph.agents.parsers import last_boxed
@@ -35,7 +36,6 @@ from rolegraph.eval import EvalSettings, evaluate
 from rolegraph.eval.bindings import Binding
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500_dev.jsonl"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Eval"
 TEMPERATURE = 0.7
 """vLLM allows n > 1 only when sampling; ignore_eos keeps the token counts equal on both sides."""
@@ -109,17 +109,6 @@ async def _bare(base_url: str, model: str, args: argparse.Namespace, work: Path)
     return {"problems": len(rows), "s": seconds, "avg": sum(passed) / len(passed)}
 
 
-def _write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Bench results\n"
-    start = old.find(SECTION + "\n")
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="eval throughput bench (see the module docstring)")
     parser.add_argument("--problems", type=int, default=16)
@@ -171,7 +160,7 @@ async def _measure(args: argparse.Namespace, base_url: str, model: str) -> int:
     )
     print(text)
     if not args.no_write:
-        _write_results(text)
+        write_section(SECTION, text)
     return 0 if ratio >= 0.9 else 1
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI
+from results import write_section  # bench/ is on sys.path when run as a script
 from rich.console import Console
 
 from rolegraph.config import (
@@ -51,7 +52,6 @@ SEQUENTIAL_EPISODES = 3
 MAX_TOKENS = 128
 """Per call. Synthesis writes rationales and problems of hundreds of tokens; at 32 the runs measure prompt
 processing (the same work at any concurrency) rather than generation, which is what batching speeds up."""
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## graph_throughput"
 console = Console(stderr=True)
 
@@ -163,17 +163,6 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def _write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Bench results\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="graph throughput bench (see the module docstring)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="per model call")
@@ -233,7 +222,7 @@ async def main() -> int:
         f"- graph / sequential: **{vs_sequential:.2f}×** (target ≥ 4×) {_verdict(vs_sequential >= 4)}\n"
     )
     print(report)
-    _write_results(report)
+    write_section(SECTION, report)
     return 0
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results import write_section  # bench/ is on sys.path when run as a script
 from rich.console import Console
 
 from rolegraph.agents.registry import PROMPTS_DIR, register_role, role_from_file
@@ -48,7 +49,6 @@ from rolegraph.trainers.pairs import ProblemRollouts
 from rolegraph.trainers.registry import AdapterRegistry
 from rolegraph.trainers.selfplay import SelfPlay, SelfPlaySettings
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Learning check"
 ROLE = "arith_solver"
 """The solver role under test: agents/prompts/arith_solver.md (one worked example, then 'Answer: N'), parsed
@@ -162,17 +162,6 @@ async def _round(pool: EndpointPool, train: Path, args: argparse.Namespace, work
     return f"{_passed(groups)} → SFT on them → {adapter.lora_name}"
 
 
-def _write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Bench results\n"
-    start = old.find(SECTION + "\n")
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="learning check (see the module docstring)")
     parser.add_argument("--method", choices=("dpo", "sft"), default="sft")
@@ -264,7 +253,7 @@ async def _check(args: argparse.Namespace, base_url: str) -> int:
     )
     print(text)
     if not args.no_write:
-        _write_results(text)
+        write_section(SECTION, text)
     return 0
 
 

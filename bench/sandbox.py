@@ -23,9 +23,9 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from pathlib import Path
 
 from reference_executor import ReferenceExecutor  # bench/ is on sys.path when run as a script
+from results import write_section
 
 from rolegraph.environments.sandbox.base import Limits
 from rolegraph.environments.sandbox.docker_backend import container_run_argv
@@ -36,7 +36,6 @@ PROGRAMS = {
     "trivial": "print(sum(range(100)))",
     "sympy": "import sympy\nx = sympy.Symbol('x')\nprint(sympy.expand((x + 1) ** 3))",
 }
-RESULTS = Path(__file__).with_name("RESULTS.md")
 REFERENCE = "unisolated pool, Absolute Zero reference executor"
 MINIMAL = "unisolated pool, bare stdlib exec"
 
@@ -136,7 +135,7 @@ def main() -> None:
         print(f"round {index + 1}/{args.repeat}:", _ratios(rounds[-1]), flush=True)
     report = render(median_rows(rounds), rounds, args, loads)
     print(report)
-    write_section(report)
+    write_section("## sandbox", report)
 
 
 def _ratios(rows: Rows) -> str:
@@ -196,18 +195,6 @@ def render(rows: Rows, rounds: list[Rows], args: argparse.Namespace, loads: list
     lines += ["", "Per round (same ratios, each round on its own):", ""]
     lines += [f"- round {i + 1}: {_ratios(r)}" for i, r in enumerate(rounds)]
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str) -> None:
-    """Replace (or append) only the `## sandbox` section of bench/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## sandbox\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from results import write_section  # bench/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 PLOT = HERE / "scale.png"
 SECTION = "## Scale (Ray)"
 IN_NETNS = "ROLEGRAPH_SCALE_BENCH_NETNS"
@@ -356,18 +357,6 @@ def plot(points: list[Point], settings: Settings, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) only this bench's section of RESULTS.md; other sections stay as they are."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Bench results\n"
-    start = current.find(SECTION + "\n")
-    if start == -1:
-        RESULTS.write_text(current.rstrip("\n") + "\n\n" + text)
-        return
-    end = current.find("\n## ", start + len(SECTION))
-    rest = "" if end == -1 else current[end:]
-    RESULTS.write_text(current[:start] + text + rest)
-
-
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -414,7 +403,7 @@ def main() -> None:
     print(text)
     if args.write:
         plot(points, settings, PLOT)
-        write_section(text)
+        write_section(SECTION, text)
 
 
 @dataclass

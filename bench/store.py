@@ -27,11 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from results import write_section  # bench/ is on sys.path when run as a script
+
 from rolegraph.serving.types import Choice
 from rolegraph.store import Step, Store
 from rolegraph.store.lock import RunLock
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Store"
 VARIANTS = ("batched", "per-step", "per-step + lock", "durable (FULL)")
 TARGET = 0.05
@@ -259,18 +260,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        _write_section(text)
-
-
-def _write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Bench results\n"
-    start = current.find(SECTION + "\n")
-    if start == -1:
-        RESULTS.write_text(current.rstrip("\n") + "\n\n" + text)
-        return
-    end = current.find("\n## ", start + len(SECTION))
-    rest = "" if end == -1 else current[end:]
-    RESULTS.write_text(current[:start] + text + rest)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
