@@ -54,10 +54,32 @@ class Job:
 
 
 class JobShortcuts:
-    """`run`, `call`, `run_tests` and their async forms, as jobs for the pool's `execute` / `aexecute`."""
+    """`run`, `call`, `run_tests`, `map` and their async forms, as jobs for the pool's `execute` /
+    `aexecute`; `size` is how many executions the pool runs at once."""
+
+    size: int
 
     def execute(self, job: Job) -> ExecResult:
         raise NotImplementedError
+
+    def map(
+        self,
+        jobs: Sequence[Job],
+        *,
+        width: int | None = None,
+        on_done: Callable[[int, ExecResult], None] | None = None,
+    ) -> list[ExecResult]:
+        """Run jobs in parallel, up to `width` (default: the pool's size) at a time; results in job order."""
+        width = max(1, min(width or self.size, len(jobs) or 1))
+
+        def run_one(index: int) -> ExecResult:
+            result = self.execute(jobs[index])
+            if on_done is not None:
+                on_done(index, result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rolegraph-sandbox-map") as executor:
+            return list(executor.map(run_one, range(len(jobs))))
 
     async def aexecute(self, job: Job) -> ExecResult:
         raise NotImplementedError
@@ -332,34 +354,6 @@ class SandboxPool(JobShortcuts):
             reusable = result.status not in MISBEHAVED and not reply.get("dirty", False)
         lane.release(worker, reusable)
         return result
-
-    def map(
-        self,
-        jobs: Sequence[Job],
-        *,
-        width: int | None = None,
-        on_done: Callable[[int, ExecResult], None] | None = None,
-    ) -> list[ExecResult]:
-        """Run jobs in parallel, up to `width` (default: the pool size) at a time; results in job order."""
-        width = max(1, min(width or self.size, len(jobs) or 1))
-        results: list[ExecResult | None] = [None] * len(jobs)
-        indices = iter(range(len(jobs)))
-        lock = threading.Lock()
-
-        def drain() -> None:
-            while True:
-                with lock:
-                    index = next(indices, None)
-                if index is None:
-                    return
-                results[index] = self.execute(jobs[index])
-                if on_done is not None:
-                    on_done(index, results[index])  # type: ignore[arg-type]
-
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rolegraph-sandbox-map") as executor:
-            for future in [executor.submit(drain) for _ in range(width)]:
-                future.result()
-        return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------------------------------- async
 

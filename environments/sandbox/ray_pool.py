@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -338,7 +337,7 @@ class RaySandboxPool(JobShortcuts):
         self.__post_init__()
 
     @property
-    def size(self) -> int:
+    def size(self) -> int:  # type: ignore[override]  # derived from the live actors, so read-only here
         """The total width of the live actors: how many executions can run at once."""
         return max(1, sum(slot.width for slot in self._balancer.live))
 
@@ -387,27 +386,6 @@ class RaySandboxPool(JobShortcuts):
         raise SandboxError(
             f"the sandbox actor on node {slot.node_id[:12]} failed: {type(exc).__name__}", DOCTOR_HINT
         ) from exc
-
-    def map(
-        self,
-        jobs: Sequence[Job],
-        *,
-        width: int | None = None,
-        on_done: Callable[[int, ExecResult], None] | None = None,
-    ) -> list[ExecResult]:
-        """Run jobs in parallel, up to `width` (default: the total width) at a time; results in job order."""
-        width = max(1, min(width or self.size, len(jobs) or 1))
-
-        def run_one(index: int) -> ExecResult:
-            result = self.execute(jobs[index])
-            if on_done is not None:
-                on_done(index, result)
-            return result
-
-        with ThreadPoolExecutor(
-            max_workers=width, thread_name_prefix="rolegraph-ray-sandbox-map"
-        ) as executor:
-            return list(executor.map(run_one, range(len(jobs))))
 
     async def amap(self, jobs: Sequence[Job], *, width: int | None = None) -> list[ExecResult]:
         gate = asyncio.Semaphore(max(1, width or self.size))
