@@ -71,8 +71,7 @@ def worker_config(pool: Any) -> RolegraphConfig:
     for name in pool.clients:
         endpoint = config.endpoints[name]
         if endpoint.launch is not None:
-            handles = getattr(pool, "replica_servers", {}).get(name) or [pool.servers[name]]
-            urls = [handle.base_url for handle in handles]
+            urls = [handle.base_url for handle in pool.replica_servers[name]]
             endpoint = endpoint.model_copy(
                 update={"launch": None, "base_url": urls[0] if len(urls) == 1 else urls}
             )

@@ -44,8 +44,6 @@ class EndpointPool:
         self.keep_servers = keep_servers
         self._console = console or Console(stderr=True)
         self.clients: dict[str, Client] = {}
-        self.servers: dict[str, ServerHandle] = {}
-        """Endpoint → the server launched (or reused) for it; its first replica's when it has several."""
         self.replica_servers: dict[str, list[ServerHandle]] = {}
         """Endpoint → every replica's server, for launched endpoints."""
         self.base_models: dict[str, str] = {}
@@ -101,12 +99,16 @@ class EndpointPool:
             await self.close()
             raise
 
+    @property
+    def servers(self) -> dict[str, ServerHandle]:
+        """Endpoint → the server launched (or reused) for it; its first replica's when it has several."""
+        return {name: handles[0] for name, handles in self.replica_servers.items()}
+
     async def _open_endpoint(self, name: str) -> None:
         endpoint = self.config.endpoints[name]
         urls = endpoint.replica_urls
         if endpoint.launch is not None:
             handles = await self._launch(name, endpoint.launch)
-            self.servers[name] = handles[0]
             self.replica_servers[name] = handles
             urls = [handle.base_url for handle in handles]
         assert urls  # the config guarantees base_url or launch
@@ -124,8 +126,8 @@ class EndpointPool:
             capabilities=declared,
         )
         self.clients[name] = client
-        if name in self.servers:
-            self.base_models[name] = self.servers[name].model
+        if name in self.replica_servers:
+            self.base_models[name] = self.replica_servers[name][0].model
             return
         with contextlib.suppress(ConfigError):  # roles bound to it must then name their model (see start)
             self.base_models[name] = await client.base_model()
@@ -256,7 +258,6 @@ class EndpointPool:
         clients, self.clients = self.clients, {}
         for client in clients.values():
             await client.aclose()
-        self.servers = {}
         replica_servers, self.replica_servers = self.replica_servers, {}
         if self.keep_servers:
             return
