@@ -302,14 +302,15 @@ def render(
         f"target < {OVERHEAD_TARGET:.0%}): {'PASS' if overhead < OVERHEAD_TARGET else 'FAIL'}.",
     ]
     if writer:
-        single, batched = writer["1"], writer["16"]
+        grouped, single = writer["grouped"], writer["per-step"]
         lines.append(
-            f"- The store writer actor, driven directly by {settings.writers} concurrent writers "
-            f"({settings.writer_steps} steps of ~3 KB): **{single:,.0f} steps/s** one step per call (the "
-            f"runtime's path; target ≥ {WRITER_TARGET:,.0f}: "
-            f"{'PASS' if single >= WRITER_TARGET else 'FAIL'}), "
-            f"{batched:,.0f} steps/s in batches of 16 (`record_steps`); one caller alone waits "
-            f"{writer['latency_ms']:.1f} ms per `record_step` round trip."
+            f"- The store writer actor under {settings.writers} concurrent episodes recording steps "
+            f"({settings.writer_steps} steps of ~3 KB, each awaited before the episode's next): "
+            f"**{grouped:,.0f} steps/s** through `RemoteStore.arecord_step`, the runtime's path, where the "
+            f"steps a process records meanwhile share one writer call and one commit (target ≥ "
+            f"{WRITER_TARGET:,.0f}: {'PASS' if grouped >= WRITER_TARGET else 'FAIL'}); {single:,.0f} steps/s "
+            f"with each step its own call and commit. One caller alone waits {writer['latency_ms']:.1f} ms "
+            f"per `record_step` round trip."
         )
     return "\n".join(lines) + "\n"
 
@@ -496,60 +497,61 @@ def bench_step(episode: str, index: int) -> Any:
 
 
 def measure_writer(run_dir: Path, settings: Settings) -> dict[str, float]:
-    """Steps/s of the one store-writer actor under `writers` concurrent callers: one step per call (what
-    the runtime's workers send), and batches of 16 per call (`record_steps`)."""
+    """Steps/s of the one store-writer actor under `writers` concurrent episodes recording steps: through
+    `RemoteStore.arecord_step` (the runtime's path: concurrent steps of a process share one call and one
+    commit), and one step per call (each step its own call and commit) for comparison."""
     import ray
 
     from rolegraph.cluster.connect import driver_node
-    from rolegraph.cluster.store_writer import start_writer
+    from rolegraph.cluster.store_writer import RemoteStore, start_writer
 
     rates: dict[str, float] = {}
-    for batch in (1, 16):
-        folder = run_dir / f"batch{batch}"
+    for path in ("grouped", "per-step"):
+        folder = run_dir / path
         folder.mkdir(parents=True)
         writer = start_writer(folder, driver_node())
-        rates[f"{batch}"] = asyncio.run(_drive_writer(writer, settings, batch))
-        if batch == 1:
-            rates["latency_ms"] = _round_trip_ms(writer)
+        store = RemoteStore(writer, folder)
+        rates[path] = asyncio.run(_drive_writer(store, settings, grouped=path == "grouped"))
+        if path == "grouped":
+            rates["latency_ms"] = _round_trip_ms(store)
         ray.kill(writer, no_restart=True)
     return rates
 
 
-def _round_trip_ms(writer: Any, calls: int = 200) -> float:
-    """Mean ms of one `record_step` call with no other caller (what an episode's step write waits)."""
-    import ray
-
-    ray.get(writer.begin_episode.remote("alone", {}))
+def _round_trip_ms(store: Any, calls: int = 200) -> float:
+    """Mean ms of one `record_step` with no other caller (what an episode's step write waits)."""
+    store.begin_episode("alone", {})
     steps = [bench_step("alone", i) for i in range(calls)]
     started = time.perf_counter()
     for step in steps:
-        ray.get(writer.record_step.remote(step))
+        store.record_step(step)
     return (time.perf_counter() - started) / calls * 1000
 
 
-async def _drive_writer(writer: Any, settings: Settings, batch: int) -> float:
-    import ray
+async def _drive_writer(store: Any, settings: Settings, *, grouped: bool) -> float:
+    from rolegraph.store.db import step_row
 
-    ray.get(writer.call.remote("start_run", ("scale-writer", {}, 0, {}), {}))
-    per_writer = max(batch, settings.writer_steps // settings.writers // batch * batch)
+    store.start_run("scale-writer", {}, 0, {})
+    per_writer = max(1, settings.writer_steps // settings.writers)
     keys = [f"w{i}" for i in range(settings.writers)]
-    await asyncio.gather(*(writer.begin_episode.remote(key, {}) for key in keys))
+    for key in keys:
+        store.begin_episode(key, {})
     steps = {key: [bench_step(key, i) for i in range(per_writer)] for key in keys}
 
     async def one_writer(key: str) -> None:
-        mine = steps[key]
-        for start in range(0, len(mine), batch):
-            if batch == 1:
-                await writer.record_step.remote(mine[start])
+        for step in steps[key]:
+            if grouped:
+                await store.arecord_step(step)
             else:
-                await writer.record_steps.remote(mine[start : start + batch])
+                await store.writer.record_rows.remote([step_row(step)])
 
     started = time.perf_counter()
     await asyncio.gather(*(one_writer(key) for key in keys))
     seconds = time.perf_counter() - started
-    recorded = ray.get(writer.call.remote("counts", (), {}))
-    del recorded  # the store's own count is checked by the cluster tests; here only the rate matters
-    return settings.writers * per_writer / seconds
+    recorded = store.usage_by_role()["step"]["calls"]
+    if recorded != settings.writers * per_writer:
+        raise RuntimeError(f"{recorded} of {settings.writers * per_writer} steps recorded: the rate is void")
+    return recorded / seconds
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class RuntimeContext:
             step, error=exc.message, error_kind=exc.kind.value, latency_s=time.time() - step.started_at
         )
 
-    def _generated(self, step: Step, spec: Role, result: CallResult, **fields: Any) -> Step:
+    async def _generated(self, step: Step, spec: Role, result: CallResult, **fields: Any) -> Step:
         """Record a call that produced completions: its parsed choices, usage and the exact model."""
         self.stats.completion_tokens += result.usage.completion_tokens
         recorded: dict[str, Any] = {
@@ -170,7 +170,7 @@ class RuntimeContext:
             "completion_tokens": result.usage.completion_tokens,
             "latency_s": result.latency_s,
         }
-        return self.store.record_step(dataclasses.replace(step, **{**recorded, **fields}))
+        return await self.store.arecord_step(dataclasses.replace(step, **{**recorded, **fields}))
 
     async def call_role(
         self,
@@ -200,8 +200,8 @@ class RuntimeContext:
         except ModelNotFoundError:
             raise  # a wrong binding fails every call: stop the run with its message
         except EndpointError as exc:
-            return self.store.record_step(self._failed(step, exc))
-        return self._generated(step, spec, result, prompt_token_ids=result.prompt_token_ids)
+            return await self.store.arecord_step(self._failed(step, exc))
+        return await self._generated(step, spec, result, prompt_token_ids=result.prompt_token_ids)
 
     async def complete_role(
         self,
@@ -242,8 +242,8 @@ class RuntimeContext:
         except ModelNotFoundError:
             raise
         except EndpointError as exc:
-            return self.store.record_step(self._failed(step, exc))
-        return self._generated(
+            return await self.store.arecord_step(self._failed(step, exc))
+        return await self._generated(
             step,
             spec,
             result,
@@ -291,8 +291,8 @@ class RuntimeContext:
         except ModelNotFoundError:
             raise
         except EndpointError as exc:
-            return self.store.record_step(self._failed(step, exc))
-        return self.store.record_step(
+            return await self.store.arecord_step(self._failed(step, exc))
+        return await self.store.arecord_step(
             dataclasses.replace(
                 step,
                 endpoint=getattr(client, "name", None),
@@ -319,11 +319,11 @@ class RuntimeContext:
         except Exception as exc:
             kind = failure_kind(exc)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            self.store.record_step(
+            await self.store.arecord_step(
                 self._env_step(where, started, request=recorded_request, error=message, error_kind=kind.value)
             )
             raise
-        self.store.record_step(
+        await self.store.arecord_step(
             self._env_step(where, started, request=recorded_request, response=_jsonable(value))
         )
         return value

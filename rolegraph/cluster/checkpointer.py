@@ -17,6 +17,16 @@ from langgraph.checkpoint.base import (
 )
 
 
+def addressing(config: RunnableConfig | None) -> RunnableConfig | None:
+    """What of a run config names a checkpoint (thread, namespace, id). LangGraph's own `__pregel_*` entries
+    (the runtime, its context, the stream writer) stay behind: shipping them costs a pickle per call, and the
+    writer's first unpickle imported the whole runtime (~0.5 s inside the first episode)."""
+    if config is None:
+        return None
+    configurable = config.get("configurable", {})
+    return {"configurable": {k: v for k, v in configurable.items() if not k.startswith("__")}}
+
+
 class RemoteCheckpointer(BaseCheckpointSaver[str]):
     """Forwards every checkpoint read and write to the writer actor (an AsyncSqliteSaver there); async only,
     as the runtime uses it."""
@@ -26,7 +36,7 @@ class RemoteCheckpointer(BaseCheckpointSaver[str]):
         self.writer = writer
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        found: CheckpointTuple | None = await self.writer.aget_tuple.remote(config)
+        found: CheckpointTuple | None = await self.writer.aget_tuple.remote(addressing(config))
         return found
 
     async def alist(
@@ -37,7 +47,7 @@ class RemoteCheckpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        for item in await self.writer.alist.remote(config, filter, before, limit):
+        for item in await self.writer.alist.remote(addressing(config), filter, addressing(before), limit):
             yield item
 
     async def aput(
@@ -47,13 +57,15 @@ class RemoteCheckpointer(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved: RunnableConfig = await self.writer.aput.remote(config, checkpoint, metadata, new_versions)
+        saved: RunnableConfig = await self.writer.aput.remote(
+            addressing(config), checkpoint, metadata, new_versions
+        )
         return saved
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        await self.writer.aput_writes.remote(config, list(writes), task_id, task_path)
+        await self.writer.aput_writes.remote(addressing(config), list(writes), task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self.writer.adelete_thread.remote(thread_id)
@@ -62,7 +74,7 @@ class RemoteCheckpointer(BaseCheckpointSaver[str]):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, Any]:
         history: Mapping[str, Any] = await self.writer.aget_delta_channel_history.remote(
-            config, list(channels)
+            addressing(config), list(channels)
         )
         return history
 

@@ -9,7 +9,9 @@ so nothing is recorded twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, cast
 
 from rolegraph.store import Step, Store
 from rolegraph.store.check import CHECKPOINT_FILE
+from rolegraph.store.db import step_row
 
 READ_METHODS = frozenset(
     {
@@ -97,14 +100,11 @@ class StoreWriter:
             return 0
         return self.store.supersede_interrupted(episode_id, attempt, completed)
 
-    def record_step(self, step: Step) -> Step:
-        if self._stale(step.episode_id, step.attempt):
-            return step  # id 0: not recorded
-        return self.store.record_step(step)
-
-    def record_steps(self, steps: Sequence[Step]) -> list[Step]:
-        """Record many steps in order (one actor call): what a batching caller or a bench sends."""
-        return [self.record_step(step) for step in steps]
+    def record_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Insert step rows (`step_row`'s) in one transaction; a stale attempt's rows are dropped (id 0)."""
+        stale = [self._stale(row[0], row[1]) for row in rows]
+        ids = iter(self.store.record_rows([row for row, old in zip(rows, stale, strict=True) if not old]))
+        return [0 if old else next(ids) for old in stale]
 
     def statuses(self, episode_ids: Sequence[str]) -> dict[str, str]:
         """Episode id → 'kept', 'finished' (rejected), 'failed' or 'running'; unknown ids are left out."""
@@ -164,6 +164,8 @@ class RemoteStore:
         self.writer = writer
         self.run_dir = run_dir
         self.attempts: dict[str, int] = {}
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def as_store(self) -> Store:
         return cast(Store, self)
@@ -204,8 +206,37 @@ class RemoteStore:
         return int(self._get(self.writer.supersede_interrupted.remote(episode_id, attempt, completed)))
 
     def record_step(self, step: Step) -> Step:
-        recorded: Step = self._get(self.writer.record_step.remote(step))
-        return recorded
+        (step_id,) = self._get(self.writer.record_rows.remote([step_row(step)]))
+        return dataclasses.replace(step, id=step_id)
+
+    async def arecord_step(self, step: Step) -> Step:
+        """Record `step`, committed before this returns. Steps that other coroutines of this process record
+        meanwhile go to the writer together, in one call and one transaction (group commit): the writer then
+        pays its per-call cost once per batch, not once per step."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((step_row(step), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return dataclasses.replace(step, id=await future)
+
+    async def _flush(self) -> None:
+        from rolegraph.cluster.connect import remote_error
+
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                ids = await self.writer.record_rows.remote([row for row, _ in batch])
+            except BaseException as exc:
+                failure = remote_error(exc)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), step_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(step_id)
 
     def statuses(self, episode_ids: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = self._get(self.writer.statuses.remote(list(episode_ids)))

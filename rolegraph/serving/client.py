@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Message = dict[str, Any]
+AdapterPaths = Callable[[int, str, str], Awaitable[str]]
+"""(replica index, adapter name, its path here) → its path where that replica runs."""
 
 SERVE_HINT = "is the server running? start it with `rolegraph serve`"
 """The hint for a server rolegraph launches; an attached one gets `attached_hint`."""
@@ -122,6 +124,7 @@ class Client:
         launched: bool = False,
         capabilities: Capabilities | None = None,
         revive_interval_s: float = REVIVE_INTERVAL_S,
+        adapter_paths: AdapterPaths | None = None,
     ) -> None:
         self.name = name
         self.launched = launched
@@ -163,7 +166,12 @@ class Client:
             )
             for replica in self.replicas
         ]
+        for api in self._openai[:1]:
+            # Resolved now rather than on the first call, which would otherwise pay their imports (~60 ms).
+            _ = api.chat.completions, api.completions
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self.adapter_paths = adapter_paths
+        """Where replica i finds an adapter given by its path here (None: at that same path)."""
         self._adapters: dict[str, str] = {}
         """Adapters loaded through this client (name → path): a replica that comes back gets them first."""
         self._adapters_lock = asyncio.Lock()
@@ -570,6 +578,8 @@ class Client:
 
     async def _load_on(self, replica: Replica, name: str, path: str) -> bool:
         """Load an adapter into one replica; False when it already served exactly this adapter."""
+        if self.adapter_paths is not None:
+            path = await self.adapter_paths(replica.index, name, path)
         try:
             await self._post_json(
                 "/v1/load_lora_adapter",

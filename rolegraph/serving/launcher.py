@@ -207,11 +207,14 @@ def launch_server(
     console: Console | None = None,
     cancel: threading.Event | None = None,
     replica: int = 0,
+    die_with_parent: bool = False,
 ) -> ServerHandle:
     """Reuse a live server with the same spec (and replica index), or start one and wait until it serves its
     model. Replica i listens on `spec.port + i` when a port is set.
 
     `cancel` lets a caller that runs this in a worker thread abort the start-up (the server is then stopped).
+    `die_with_parent` has the server terminated when the calling thread's process dies (a Ray actor's server
+    must not outlive the actor), so call it from a thread that lives as long as the server.
     """
     console = console or Console(stderr=True)
     model_arg, default_name = resolve_model(spec.model)
@@ -238,6 +241,7 @@ def launch_server(
                 stdin=subprocess.DEVNULL,
                 env=build_env(spec, replica),
                 start_new_session=True,  # its own process group, so stopping it stops every worker too
+                preexec_fn=_terminate_with_parent if die_with_parent else None,
             )
         state = ServerState(
             endpoint,
@@ -259,6 +263,14 @@ def launch_server(
             raise
         _state_path(endpoint, digest, replica).write_text(json.dumps(asdict(state), indent=2) + "\n")
         return handle
+
+
+def _terminate_with_parent() -> None:
+    """In the forked child: SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def wait_until_ready(

@@ -15,14 +15,14 @@ import contextlib
 import dataclasses
 import threading
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 
 from rolegraph.config import LaunchSpec, RoleBinding, RolegraphConfig, SamplingParams
 from rolegraph.errors import ConfigError, ModelNotFoundError, RequestRejectedError
 from rolegraph.serving.capabilities import CHAT_PROBED, Capabilities, probe
-from rolegraph.serving.client import Client
+from rolegraph.serving.client import AdapterPaths, Client
 from rolegraph.serving.launcher import ServerHandle, launch_server
 
 
@@ -46,6 +46,8 @@ class EndpointPool:
         self.clients: dict[str, Client] = {}
         self.replica_servers: dict[str, list[ServerHandle]] = {}
         """Endpoint → every replica's server, for launched endpoints."""
+        self._adapter_paths: dict[str, AdapterPaths] = {}
+        """Endpoint → how its replicas get their own copy of an adapter (replicas Ray placed)."""
         self.base_models: dict[str, str] = {}
         """Endpoint → its base model (the listed one, or for an endpoint listing none the model its roles
         are bound to)."""
@@ -124,6 +126,7 @@ class EndpointPool:
             max_retries=endpoint.max_retries,
             launched=endpoint.launch is not None,
             capabilities=declared,
+            adapter_paths=self._adapter_paths.get(name),
         )
         self.clients[name] = client
         if name in self.replica_servers:
@@ -133,7 +136,17 @@ class EndpointPool:
             self.base_models[name] = await client.base_model()
 
     async def _launch(self, name: str, spec: LaunchSpec) -> list[ServerHandle]:
-        """Start (or reuse) every replica of a launched endpoint, concurrently; all or none."""
+        """Start (or reuse) every replica of a launched endpoint, concurrently; all or none. With a Ray
+        cluster active (`--ray`), Ray places the replicas (see rolegraph.cluster.servers)."""
+        from rolegraph.cluster.settings import active
+
+        cluster = active()
+        if cluster is not None:
+            from rolegraph.cluster.servers import AdapterShipper, launch_on_ray
+
+            placed = await launch_on_ray(name, spec, cluster.address)
+            self._adapter_paths[name] = AdapterShipper(placed)
+            return cast(list[ServerHandle], placed)
         # Launching blocks for tens of seconds (health polling); keep the event loop responsive meanwhile.
         cancel = threading.Event()
         starts = [

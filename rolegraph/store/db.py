@@ -163,6 +163,43 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+STEP_COLUMNS = (
+    "episode_id", "attempt", "kind", "node", "role", "endpoint", "model", "sampling", "messages", "choices",
+    "prompt_token_ids", "prompt_tokens", "completion_tokens", "latency_s", "error", "error_kind", "request",
+    "response", "started_at", "checkpoint", "metrics",
+)  # fmt: skip
+"""A step row's columns, in `step_row`'s order: episode id and attempt first (the store writer reads them)."""
+_INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.join('?' * len(STEP_COLUMNS))})"
+
+
+def step_row(step: Step) -> tuple[Any, ...]:
+    """The step as the values of its row (JSON-encoded where the column is JSON): what is inserted, built
+    wherever the step was made, so a remote store writer only inserts."""
+    return (
+        step.episode_id,
+        step.attempt,
+        step.kind,
+        step.node,
+        step.role,
+        step.endpoint,
+        step.model,
+        _dumps(step.sampling),
+        _dumps(step.messages),
+        _dumps([dataclasses.asdict(c) for c in step.choices]),
+        None if step.prompt_token_ids is None else _dumps(step.prompt_token_ids),
+        step.prompt_tokens,
+        step.completion_tokens,
+        step.latency_s,
+        step.error,
+        step.error_kind,
+        None if step.request is None else _dumps(step.request),
+        None if step.response is None else _dumps(step.response),
+        step.started_at,
+        step.checkpoint,
+        _dumps(step.metrics),
+    )
+
+
 class Store:
     """The SQLite store of one run directory (`RUN_DIR/store.sqlite`).
 
@@ -394,39 +431,22 @@ class Store:
     # --- steps --------------------------------------------------------------------------------------
     def record_step(self, step: Step) -> Step:
         """Append one step and commit; returns it with its id."""
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO steps (episode_id, attempt, kind, node, role, endpoint, model, sampling,"
-                " messages, choices, prompt_token_ids, prompt_tokens, completion_tokens, latency_s, error,"
-                " error_kind, request, response, started_at, checkpoint, metrics)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    step.episode_id,
-                    step.attempt,
-                    step.kind,
-                    step.node,
-                    step.role,
-                    step.endpoint,
-                    step.model,
-                    _dumps(step.sampling),
-                    _dumps(step.messages),
-                    _dumps([dataclasses.asdict(c) for c in step.choices]),
-                    None if step.prompt_token_ids is None else _dumps(step.prompt_token_ids),
-                    step.prompt_tokens,
-                    step.completion_tokens,
-                    step.latency_s,
-                    step.error,
-                    step.error_kind,
-                    None if step.request is None else _dumps(step.request),
-                    None if step.response is None else _dumps(step.response),
-                    step.started_at,
-                    step.checkpoint,
-                    _dumps(step.metrics),
-                ),
-            )
-            step_id = cur.lastrowid
-        assert step_id is not None
+        (step_id,) = self.record_rows([step_row(step)])
         return dataclasses.replace(step, id=step_id)
+
+    async def arecord_step(self, step: Step) -> Step:
+        """What the runtime awaits: `record_step` here (a RemoteStore batches concurrent callers' steps)."""
+        return self.record_step(step)
+
+    def record_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Append rows made by `step_row` in one transaction; returns their ids."""
+        ids: list[int] = []
+        with self._tx() as db:
+            for row in rows:
+                step_id = db.execute(_INSERT_STEP, row).lastrowid
+                assert step_id is not None
+                ids.append(step_id)
+        return ids
 
     def add_rewards(self, step_id: int, rewards: Rewards | list[Rewards]) -> None:
         """Attach rewards to a step: one dict for every choice, or a list with one dict per choice."""
