@@ -310,7 +310,9 @@ class RuntimeContext:
         request: dict[str, Any],
         fn: Callable[[], Awaitable[T]],
     ) -> T:
-        """Await `fn()` and record it as one `env` step (committed before this returns, failed or not)."""
+        """Await `fn()` and record it as one `env` step, failed or not. The step is committed off this call's
+        path (`Store.record_step_soon`: on the event loop's next turn, while the node awaits its next call),
+        and always before the node's writes are checkpointed."""
         where = (name, node, episode_id, self.attempts.get(episode_id, 1), current_task())
         recorded_request = _jsonable(request)
         started = time.time()
@@ -319,11 +321,11 @@ class RuntimeContext:
         except Exception as exc:
             kind = failure_kind(exc)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            await self.store.arecord_step(
+            self.store.record_step_soon(
                 self._env_step(where, started, request=recorded_request, error=message, error_kind=kind.value)
             )
             raise
-        await self.store.arecord_step(
+        self.store.record_step_soon(
             self._env_step(where, started, request=recorded_request, response=_jsonable(value))
         )
         return value

@@ -20,7 +20,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,6 +30,7 @@ from rolegraph.cluster import active as active_cluster
 from rolegraph.config import RoleBinding, RolegraphConfig
 from rolegraph.errors import ModelNotFoundError, RolegraphError, failure_kind
 from rolegraph.graphs.base import EpisodeInput, GraphDef, Outcome, RunParams
+from rolegraph.graphs.checkpointing import steps_first_saver
 from rolegraph.graphs.role_calls import RolePool, RunStats, RuntimeContext
 from rolegraph.serving.routing import current_episode
 from rolegraph.store import Store
@@ -231,6 +231,7 @@ class _Runner:
                 await self._endpoint_failure(key)
                 return "failed"
             message = exc.message if isinstance(exc, RolegraphError) else f"{type(exc).__name__}: {exc}"
+            await self.store.aflush()
             self.store.fail_episode(key, message, failure_kind(exc).value)
             self.ctx.stats.failed += 1
             return "failed"
@@ -238,6 +239,7 @@ class _Runner:
             await self._endpoint_failure(key)
             return "failed"
         result: Outcome = self.graph.outcome(dict(final))
+        await self.store.aflush()
         self.store.finish_episode(
             key,
             dict(final),
@@ -443,7 +445,7 @@ async def _run(
         stats = RunStats()
         async with (
             open_run(graph, config_or_pool, params, run_dir, store, concurrency, stats, prompts_dir) as run,
-            AsyncSqliteSaver.from_conn_string(str(checkpoints)) as saver,
+            steps_first_saver(str(checkpoints), store.aflush) as saver,
         ):
             runner = make_runner(graph, run.ctx, store, saver)
             await _run_all(runner, run.todo, run.total, stats, concurrency, console, progress)

@@ -16,6 +16,8 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 
+from rolegraph.graphs.checkpointing import BeforeWrite, StepsFirst
+
 
 def addressing(config: RunnableConfig | None) -> RunnableConfig | None:
     """What of a run config names a checkpoint (thread, namespace, id). LangGraph's own `__pregel_*` entries
@@ -27,7 +29,7 @@ def addressing(config: RunnableConfig | None) -> RunnableConfig | None:
     return {"configurable": {k: v for k, v in configurable.items() if not k.startswith("__")}}
 
 
-class RemoteCheckpointer(BaseCheckpointSaver[str]):
+class WriterCheckpointer(BaseCheckpointSaver[str]):
     """Forwards every checkpoint read and write to the writer actor (an AsyncSqliteSaver there); async only,
     as the runtime uses it."""
 
@@ -87,3 +89,11 @@ class RemoteCheckpointer(BaseCheckpointSaver[str]):
         else:
             current_v = int(current.split(".")[0])
         return f"{current_v + 1:032}.{random.random():016}"
+
+
+class RemoteCheckpointer(StepsFirst, WriterCheckpointer):
+    """The worker's checkpointer: the writer actor's, committing the worker's queued steps first."""
+
+    def __init__(self, writer: Any, before_write: BeforeWrite | None = None) -> None:
+        super().__init__(writer)
+        self.before_write = before_write

@@ -166,6 +166,8 @@ class RemoteStore:
         self.attempts: dict[str, int] = {}
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._soon: set[asyncio.Future[Step]] = set()
+        self._soon_failure: BaseException | None = None
 
     def as_store(self) -> Store:
         return cast(Store, self)
@@ -218,6 +220,25 @@ class RemoteStore:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return dataclasses.replace(step, id=await future)
+
+    def record_step_soon(self, step: Step) -> None:
+        """`arecord_step` without waiting for it (see Store.record_step_soon); `aflush` waits for it."""
+        task = asyncio.ensure_future(self.arecord_step(step))
+        self._soon.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Future[Step]) -> None:
+        self._soon.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._soon_failure is None:
+            self._soon_failure = task.exception()
+
+    async def aflush(self) -> None:
+        """Wait until every step `record_step_soon` sent is committed; raises the first that failed."""
+        while self._soon:
+            await asyncio.gather(*self._soon, return_exceptions=True)
+        failure, self._soon_failure = self._soon_failure, None
+        if failure is not None:
+            raise failure
 
     async def _flush(self) -> None:
         from rolegraph.cluster.connect import remote_error

@@ -132,7 +132,8 @@ class EpisodeWorker:
             store = RemoteStore(self.writer, self.run_dir).as_store()
             roles = getattr(graph, "role_defs", None)
             ctx = RuntimeContext(pool, store, roles=roles, prompts_dir=self.prompts_dir)
-            self._runner = make_runner(graph, ctx, store, RemoteCheckpointer(self.writer))
+            checkpointer = RemoteCheckpointer(self.writer, before_write=store.aflush)
+            self._runner = make_runner(graph, ctx, store, checkpointer)
         return str(ray.get_runtime_context().get_node_id())
 
     async def episode(self, item: EpisodeInput) -> EpisodeResult:

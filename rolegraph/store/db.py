@@ -2,12 +2,16 @@
 
 One writer (the runtime's event loop; the run directory's lock, `rolegraph.store.lock`, keeps it to one
 process) commits after every step and every episode change, so a process killed at any moment leaves only
-complete rows. Steps are never rewritten; a step whose node was interrupted is only flagged `superseded` when
-its episode resumes, so readers skip it. Readers open the file read-only, and a damaged file is never written.
+complete rows. An environment call's step is committed on the event loop's next turn (`record_step_soon`),
+and always before its node's writes are checkpointed. Steps are never rewritten; a step whose node was
+interrupted is only flagged `superseded` when its episode resumes, so readers skip it. Readers open the file
+read-only, and a damaged file is never written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import errno
 import json
@@ -159,6 +163,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
+_CHOICE_FIELDS = tuple(field.name for field in dataclasses.fields(Choice))
+
+
+def _choice_fields(choice: Choice) -> dict[str, Any]:
+    """A choice as a dict of its fields, which hold no dataclasses: `dataclasses.asdict` would deep-copy the
+    token ids first (~50 µs a choice)."""
+    return {name: getattr(choice, name) for name in _CHOICE_FIELDS}
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -185,7 +198,7 @@ def step_row(step: Step) -> tuple[Any, ...]:
         step.model,
         _dumps(step.sampling),
         _dumps(step.messages),
-        _dumps([dataclasses.asdict(c) for c in step.choices]),
+        _dumps([_choice_fields(c) for c in step.choices]),
         None if step.prompt_token_ids is None else _dumps(step.prompt_token_ids),
         step.prompt_tokens,
         step.completion_tokens,
@@ -225,6 +238,9 @@ class Store:
                 "restore it from a copy, or start a new --run-dir (rolegraph leaves this file as it is)",
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._soon: list[tuple[Any, ...]] = []
+        """Rows of `record_step_soon`, committed with the next transaction (at the latest on the event loop's
+        next turn)."""
         try:
             if create:
                 self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -251,7 +267,10 @@ class Store:
 
     # --- plumbing -----------------------------------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
+        try:
+            self.flush()
+        finally:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -266,8 +285,12 @@ class Store:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                soon = self._soon
+                for row in soon:  # first: what was recorded before this write is committed before it
+                    self._db.execute(_INSERT_STEP, row)
                 yield self._db
                 self._db.execute("COMMIT")
+                del soon[:]
             finally:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -437,6 +460,33 @@ class Store:
     async def arecord_step(self, step: Step) -> Step:
         """What the runtime awaits: `record_step` here (a RemoteStore batches concurrent callers' steps)."""
         return self.record_step(step)
+
+    def record_step_soon(self, step: Step) -> None:
+        """Record a step whose id nobody needs (an environment call's) off the caller's path: it is committed
+        on the event loop's next turn, or with the next write if that comes first. `flush` (or any write)
+        commits it now; the runtime's checkpointer flushes before it saves a node's writes, so a task that
+        resumes as done always has its steps."""
+        self._soon.append(step_row(step))
+        if len(self._soon) > 1:
+            return  # a flush is scheduled already
+        try:
+            asyncio.get_running_loop().call_soon(self._flush_quietly)
+        except RuntimeError:  # no event loop: commit now
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the steps `record_step_soon` queued."""
+        if self._soon:
+            with self._tx():
+                pass
+
+    async def aflush(self) -> None:
+        self.flush()
+
+    def _flush_quietly(self) -> None:
+        # The queued rows stay queued if this fails (a full disk): the next write retries them and raises.
+        with contextlib.suppress(sqlite3.Error, DiskFullError):
+            self.flush()
 
     def record_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
         """Append rows made by `step_row` in one transaction; returns their ids."""

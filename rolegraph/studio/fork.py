@@ -18,13 +18,13 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START
 
 from rolegraph.agents.role import Role
 from rolegraph.config import RolegraphConfig, SamplingParams
 from rolegraph.errors import ConfigError, EndpointDownError, EndpointError, ModelNotFoundError, RolegraphError
 from rolegraph.graphs.base import GraphDef
+from rolegraph.graphs.checkpointing import steps_first_saver
 from rolegraph.graphs.context import GraphContext
 from rolegraph.graphs.role_calls import RolePool, RuntimeContext
 from rolegraph.serving.client import Client
@@ -271,7 +271,7 @@ async def _replay(
 
         await ctx.call_env(FORK_STEP, node=step.node, episode_id=key, request=link, fn=seed)
         saver = await stack.enter_async_context(
-            AsyncSqliteSaver.from_conn_string(str(forks_dir / CHECKPOINT_FILE))
+            steps_first_saver(str(forks_dir / CHECKPOINT_FILE), store.aflush)
         )
         compiled = graph.build(ctx).compile(checkpointer=saver)
         config_: RunnableConfig = {"configurable": {"thread_id": key}, "recursion_limit": RECURSION_LIMIT}

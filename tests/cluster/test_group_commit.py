@@ -75,3 +75,24 @@ def test_a_failed_call_fails_the_steps_it_carried_with_their_typed_error(tmp_pat
     assert first.id == 1
     assert all(isinstance(outcome, DiskFullError) for outcome in together)
     assert after.id == 2  # the writer goes on for later steps
+
+
+def test_steps_recorded_soon_are_committed_by_aflush_and_their_failure_surfaces_there(tmp_path: Path) -> None:
+    writer = FakeWriter(fail_on=2)
+    store = RemoteStore(writer, tmp_path)
+
+    async def main() -> None:
+        for i in range(3):
+            store.record_step_soon(_step(f"n{i}"))
+        await store.aflush()
+        assert writer.batches == [["n0", "n1", "n2"]]  # sent together, committed before aflush returned
+        store.record_step_soon(_step("lost"))
+        try:
+            await store.aflush()
+        except DiskFullError:
+            pass
+        else:
+            raise AssertionError("the failed write was not reported")
+        await store.aflush()  # reported once; nothing is pending any more
+
+    asyncio.run(main())
