@@ -227,19 +227,19 @@ class _Runner:
         except Exception as exc:
             if disk_full(exc):  # stop the run: recording this episode as failed would fail (or lie) too
                 raise exc if isinstance(exc, DiskFullError) else DiskFullError(self.store.run_dir) from None
+            await self.store.aflush()  # the episode's queued steps go before how it ended
             if key in self.ctx.endpoint_errors:  # the node failed because a call never reached a model
                 await self._endpoint_failure(key)
                 return "failed"
             message = exc.message if isinstance(exc, RolegraphError) else f"{type(exc).__name__}: {exc}"
-            await self.store.aflush()
             self.store.fail_episode(key, message, failure_kind(exc).value)
             self.ctx.stats.failed += 1
             return "failed"
+        await self.store.aflush()
         if key in self.ctx.endpoint_errors:
             await self._endpoint_failure(key)
             return "failed"
         result: Outcome = self.graph.outcome(dict(final))
-        await self.store.aflush()
         self.store.finish_episode(
             key,
             dict(final),
