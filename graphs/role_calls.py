@@ -8,6 +8,7 @@ explicitly, then the node's or call's overrides.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -100,6 +101,21 @@ _FLAT_DATACLASSES: dict[type, tuple[str, ...]] = {
 }
 """Results recorded on every env call whose fields hold no dataclasses, so a shallow dict is their asdict()
 (which deep-copies field by field: ~15 µs an interpreter cell)."""
+
+_IMMUTABLE_LEAVES = (str, int, float, type(None))
+"""JSON values nothing can change in place (bools are ints, a str enum is a str)."""
+
+
+def _snapshot(value: Any) -> Any:
+    """`value` as JSON-friendly data (see `_jsonable`) that later changes to `value` cannot reach: the step
+    that records it is encoded off the call's path. A flat dict of scalars (an interpreter cell's request and
+    result) is copied; anything nested is copied through JSON."""
+    data = value if type(value) is dict else _jsonable(value)
+    if isinstance(data, _IMMUTABLE_LEAVES):
+        return data
+    if type(data) is dict and all(isinstance(leaf, _IMMUTABLE_LEAVES) for leaf in data.values()):
+        return dict(data) if data is value else data
+    return json.loads(json.dumps(data, default=str))
 
 
 def _parsed(spec: Role, choice: Choice) -> Choice:
@@ -310,11 +326,12 @@ class RuntimeContext:
         request: dict[str, Any],
         fn: Callable[[], Awaitable[T]],
     ) -> T:
-        """Await `fn()` and record it as one `env` step, failed or not. The step is committed off this call's
-        path (`Store.record_step_soon`: on the event loop's next turn, while the node awaits its next call),
-        and always before the node's writes are checkpointed."""
+        """Await `fn()` and record it as one `env` step, failed or not. The step is built, encoded and
+        committed off this call's path (`Store.record_step_soon`: on the event loop's next turn, while the
+        node awaits its next call) from snapshots of the request and result, and always before the node's
+        writes are checkpointed."""
         where = (name, node, episode_id, self.attempts.get(episode_id, 1), current_task())
-        recorded_request = _jsonable(request)
+        recorded_request = _snapshot(request)
         started = time.time()
         try:
             value = await fn()
@@ -322,18 +339,32 @@ class RuntimeContext:
             kind = failure_kind(exc)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.store.record_step_soon(
-                self._env_step(where, started, request=recorded_request, error=message, error_kind=kind.value)
+                functools.partial(
+                    self._env_step,
+                    where,
+                    started,
+                    time.time(),
+                    request=recorded_request,
+                    error=message,
+                    error_kind=kind.value,
+                )
             )
             raise
+        response = _snapshot(value)
         self.store.record_step_soon(
-            self._env_step(where, started, request=recorded_request, response=_jsonable(value))
+            functools.partial(
+                self._env_step, where, started, time.time(), request=recorded_request, response=response
+            )
         )
         return value
 
     @staticmethod
-    def _env_step(where: tuple[str, str, str, int, str | None], started: float, **fields: Any) -> Step:
-        """An environment call's step, built once when the call is over; `where` is (name, node, episode id,
-        attempt, LangGraph task) as they were when the call started (see `_new_step`)."""
+    def _env_step(
+        where: tuple[str, str, str, int, str | None], started: float, ended: float, **fields: Any
+    ) -> Step:
+        """An environment call's step, built when it is committed from what was snapshotted when the call was
+        over; `where` is (name, node, episode id, attempt, LangGraph task) as they were when the call started
+        (see `_new_step`)."""
         name, node, episode_id, attempt, checkpoint = where
         return Step(
             id=0,
@@ -344,7 +375,7 @@ class RuntimeContext:
             role=name,
             started_at=started,
             checkpoint=checkpoint,
-            latency_s=time.time() - started,
+            latency_s=ended - started,
             **fields,
         )
 

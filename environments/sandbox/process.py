@@ -90,6 +90,11 @@ class WorkerProcess:
         self._buffer = bytearray()
         self._lock = threading.Lock()
         self._next_id = 0
+        self._waiting: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
+        """The request an event loop awaits the reply to, and its future."""
+        self._watch: tuple[asyncio.AbstractEventLoop, int] | None = None
+        """The loop watching the reply pipe, and the fd it watches (see `_start_watch`)."""
+        self._watch_lock = threading.Lock()
         self.destroyed = False
         self.sandbox_pid: int | None = None
         """Host pid of the process that is PID 1 inside the sandbox (the fork server), once it is ready."""
@@ -233,41 +238,84 @@ class WorkerProcess:
     async def _await_reply(self, request_id: int, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-        def readable() -> None:
-            if answered.done():
-                return
-            try:
-                chunk = os.read(self._out_fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                answered.set_exception(WorkerGone(f"worker pipe failed: {exc}"))
-                return
-            if not chunk:
-                answered.set_exception(WorkerGone("worker exited"))
-                return
-            self._buffer += chunk
-            try:
-                reply = self._reply_in_buffer(request_id)
-            except WorkerGone as exc:
-                answered.set_exception(exc)
-                return
-            if reply is not None:
-                answered.set_result(reply)
-
-        def expired() -> None:
-            if not answered.done():
-                answered.set_exception(WorkerTimeout("no answer in time"))
-
-        fd = self._out_fd
-        loop.add_reader(fd, readable)
-        timer = loop.call_later(timeout, expired)
+        timer = loop.call_later(timeout, _expire, answered)
+        self._waiting = (request_id, answered)
         try:
+            if self._watch is None or self._watch[0] is not loop:
+                self._start_watch(loop)
             return await answered
         finally:
             timer.cancel()
+            self._waiting = None
+
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have `loop` watch the reply pipe until the pipe shows a sign between requests (a reply nobody
+        awaits, or EOF) or the worker is destroyed: adding and removing a reader per request costs more than
+        a trivial cell's own bookkeeping. The loop watches a duplicate of the pipe's fd that only the loop
+        closes, so its number cannot be reused while the loop still has it, whichever thread destroys us."""
+        self._end_watch()
+        try:
+            fd = os.dup(self._out_fd)
+        except OSError as exc:  # destroyed from another thread just now
+            raise WorkerGone(f"worker pipe closed: {exc}") from exc
+        loop.add_reader(fd, self._readable)
+        with self._watch_lock:
+            self._watch = (loop, fd)
+
+    def _readable(self) -> None:
+        """The watching loop's callback: reads the reply the loop awaits; otherwise ends the watch."""
+        waiting, watch = self._waiting, self._watch
+        if waiting is None or waiting[1].done() or watch is None:
+            self._end_watch()  # unread: a sync request's reply is its own, and EOF is the next request's
+            return
+        request_id, answered = waiting
+        try:
+            chunk = os.read(watch[1], READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            answered.set_exception(WorkerGone(f"worker pipe failed: {exc}"))
+            return
+        if not chunk:
+            answered.set_exception(WorkerGone("worker exited"))
+            return
+        self._buffer += chunk
+        try:
+            reply = self._reply_in_buffer(request_id)
+        except WorkerGone as exc:
+            answered.set_exception(exc)
+            return
+        if reply is not None:
+            answered.set_result(reply)
+
+    def _end_watch(self) -> None:
+        """Stop the loop watching the reply pipe: at once on the loop's thread, else on its next turn."""
+        with self._watch_lock:
+            watch, self._watch = self._watch, None
+        if watch is None:
+            return
+        loop, fd = watch
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stop_watch(loop, fd)
+            return
+        try:
+            loop.call_soon_threadsafe(self._stop_watch, loop, fd)
+        except RuntimeError:  # the loop is closed, and its selector with it
+            os.close(fd)
+
+    def _stop_watch(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """(On the loop's thread.) Stop watching and close the watched fd. A destroyed worker's awaited reply
+        will never come: its waiter fails now rather than at its timeout."""
+        if not loop.is_closed():
             loop.remove_reader(fd)
+        os.close(fd)
+        waiting = self._waiting
+        if self.destroyed and waiting is not None and waiting[1].get_loop() is loop and not waiting[1].done():
+            waiting[1].set_exception(WorkerGone("worker destroyed"))
 
     def _send_request(self, payload: dict[str, Any]) -> int:
         """Frame and send one request (caller holds the lock); returns its id. The worker reads marshal
@@ -346,6 +394,7 @@ class WorkerProcess:
         if self.destroyed:
             return
         self.destroyed = True
+        self._end_watch()
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
@@ -374,6 +423,11 @@ class WorkerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
+
+
+def _expire(answered: asyncio.Future[dict[str, Any]]) -> None:
+    if not answered.done():
+        answered.set_exception(WorkerTimeout("no answer in time"))
 
 
 async def _in_thread_holding(lock: threading.Lock, fn: Callable[..., T], *args: Any) -> T:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, cast
@@ -221,11 +221,15 @@ class RemoteStore:
             self._flusher = asyncio.create_task(self._flush())
         return dataclasses.replace(step, id=await future)
 
-    def record_step_soon(self, step: Step) -> None:
-        """`arecord_step` without waiting for it (see Store.record_step_soon); `aflush` waits for it."""
-        task = asyncio.ensure_future(self.arecord_step(step))
+    def record_step_soon(self, build: Callable[[], Step]) -> None:
+        """`arecord_step(build())` without waiting for it (see Store.record_step_soon); `aflush` waits for
+        it."""
+        task = asyncio.ensure_future(self._arecord_built(build))
         self._soon.add(task)
         task.add_done_callback(self._settled)
+
+    async def _arecord_built(self, build: Callable[[], Step]) -> Step:
+        return await self.arecord_step(build())
 
     def _settled(self, task: asyncio.Future[Step]) -> None:
         self._soon.discard(task)

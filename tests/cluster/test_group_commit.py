@@ -4,6 +4,7 @@ only once its step is committed, and a failed call fails exactly the steps it ca
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,10 @@ def test_steps_recorded_soon_are_committed_by_aflush_and_their_failure_surfaces_
 
     async def main() -> None:
         for i in range(3):
-            store.record_step_soon(_step(f"n{i}"))
+            store.record_step_soon(functools.partial(_step, f"n{i}"))
         await store.aflush()
         assert writer.batches == [["n0", "n1", "n2"]]  # sent together, committed before aflush returned
-        store.record_step_soon(_step("lost"))
+        store.record_step_soon(functools.partial(_step, "lost"))
         try:
             await store.aflush()
         except DiskFullError:

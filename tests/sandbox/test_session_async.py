@@ -68,3 +68,62 @@ async def test_a_dead_sandbox_gives_a_sandbox_error(sandbox_pool: SandboxPool) -
         result = await session.arun_cell("print(2)")
         assert result.status == Status.SANDBOX_ERROR
         assert session.closed and "stopped answering" in (session.closed_reason or "")
+
+
+def _fds_on(target: str) -> list[str]:
+    """This process's fds open on `target` (e.g. 'pipe:[123]' or a FIFO's path)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                found.append(fd)
+        except OSError:
+            pass
+    return found
+
+
+async def test_the_loop_keeps_watching_between_cells_and_stops_when_the_session_closes(
+    sandbox_pool: SandboxPool,
+) -> None:
+    with sandbox_pool.session() as session:
+        await session.arun_cell("n = 1")
+        watched = session.worker._watch
+        assert watched is not None and watched[0] is asyncio.get_running_loop()
+        pipe = os.readlink(f"/proc/self/fd/{watched[1]}")
+        assert len(_fds_on(pipe)) == 2  # the worker's reply pipe and the loop's duplicate of it
+        for i in range(3):
+            assert (await session.arun_cell(f"n += {i}\nprint(n)")).stdout == f"{1 + sum(range(i + 1))}\n"
+        assert session.worker._watch is watched  # one watch for every cell, not one per cell
+        # the sync path, from a thread, on the same session: its reply is its own
+        assert (await asyncio.to_thread(session.run_cell, "print(n * 10)")).stdout == "40\n"
+        assert (await session.arun_cell("print(n + 1)")).stdout == "5\n"
+    await asyncio.sleep(0.05)
+    assert session.worker._watch is None
+    assert _fds_on(pipe) == []  # the duplicate is closed with the worker's own fd
+
+
+async def test_a_worker_that_dies_between_cells_ends_the_watch(sandbox_pool: SandboxPool) -> None:
+    with sandbox_pool.session(Limits(timeout_s=5)) as session:
+        assert (await session.arun_cell("print(1)")).stdout == "1\n"
+        assert session.worker.sandbox_pid is not None
+        os.kill(session.worker.sandbox_pid, 9)
+        for _ in range(100):  # EOF stays readable: the loop must stop watching, not spin on it
+            await asyncio.sleep(0.02)
+            if session.worker._watch is None:
+                break
+        assert session.worker._watch is None
+        assert (await session.arun_cell("print(2)")).status == Status.SANDBOX_ERROR
+
+
+async def test_destroying_the_worker_from_a_thread_fails_the_awaited_cell_at_once(
+    sandbox_pool: SandboxPool,
+) -> None:
+    with sandbox_pool.session(Limits(timeout_s=60)) as session:
+        await session.arun_cell("n = 1")
+        pending = asyncio.ensure_future(session.arun_cell("import time\ntime.sleep(30)"))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.to_thread(session.worker.destroy)
+        result = await asyncio.wait_for(pending, timeout=10)
+        assert result.status == Status.SANDBOX_ERROR
+        assert time.monotonic() - started < 10  # not the cell's 60 s timeout

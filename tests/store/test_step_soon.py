@@ -4,6 +4,7 @@ turn, with the next write if that comes first, and always before LangGraph saves
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -28,24 +29,24 @@ def _committed(run_dir: Path) -> list[str]:
 
 def test_outside_an_event_loop_the_step_is_committed_at_once(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
-        store.record_step_soon(_step("a"))
+        store.record_step_soon(functools.partial(_step, "a"))
         assert _committed(tmp_path) == ["a"]
 
 
 def test_the_step_is_committed_on_the_next_turn_or_with_the_next_write(tmp_path: Path) -> None:
     async def main() -> None:
         with Store(tmp_path) as store:
-            store.record_step_soon(_step("queued"))
+            store.record_step_soon(functools.partial(_step, "queued"))
             assert _committed(tmp_path) == []  # not on the caller's path
             await asyncio.sleep(0)
             assert _committed(tmp_path) == ["queued"]
 
-            store.record_step_soon(_step("first"))
+            store.record_step_soon(functools.partial(_step, "first"))
             recorded = store.record_step(_step("second"))  # one transaction, the queued row first
             assert _committed(tmp_path) == ["queued", "first", "second"]
             assert recorded.id == 3
 
-            store.record_step_soon(_step("at close"))
+            store.record_step_soon(functools.partial(_step, "at close"))
         assert _committed(tmp_path) == ["queued", "first", "second", "at close"]
 
     asyncio.run(main())
@@ -98,3 +99,38 @@ def test_a_nodes_env_steps_are_committed_before_its_writes_are_checkpointed(
 
     asyncio.run(main())
     assert list(committed_when_saved.values()) == [["compute"]]
+
+
+def test_an_env_step_records_its_request_and_result_as_they_were_when_the_call_returned(
+    tmp_path: Path,
+) -> None:
+    """The step is built after the node goes on: what the node changes in place meanwhile must not show."""
+    request: dict[str, Any] = {"cell": 1, "code": "print(2)"}
+    nested_request: dict[str, Any] = {"tests": ["assert f(1) == 2"], "timeout_s": 3.0}
+    result: dict[str, Any] = {"stdout": "2\n", "status": "ok"}
+    nested_result: dict[str, Any] = {"passed": [True], "stdout": ""}
+
+    async def main() -> None:
+        with Store(tmp_path) as store:
+            ctx = RuntimeContext(_NoPool(), store)
+            for req, res in ((request, result), (nested_request, nested_result)):
+
+                async def call(res: dict[str, Any] = res) -> dict[str, Any]:
+                    return res
+
+                returned = await ctx.call_env("python", node="n", episode_id="e1", request=req, fn=call)
+                assert returned is res  # the node gets the result itself
+            request["code"], result["stdout"] = "changed", "changed"
+            nested_request["tests"].append("changed")
+            nested_result["passed"][0] = False
+            assert _committed(tmp_path) == []  # the steps are still queued: built after the changes
+            await asyncio.sleep(0)
+            with Store(tmp_path, create=False) as reader:
+                steps = reader.steps()
+            assert [(s.request, s.response) for s in steps] == [
+                ({"cell": 1, "code": "print(2)"}, {"stdout": "2\n", "status": "ok"}),
+                ({"tests": ["assert f(1) == 2"], "timeout_s": 3.0}, {"passed": [True], "stdout": ""}),
+            ]
+            assert all(s.latency_s is not None and s.latency_s >= 0 for s in steps)
+
+    asyncio.run(main())
