@@ -18,7 +18,8 @@ from tests.fixtures.serving import VLLMServer
 
 EXAMPLE = REPO / "examples" / "code-repair"
 HUMANEVAL = Path("/work/shared/data/humaneval_dev.jsonl")
-FAULT_EPISODES = 6
+FAULT_EPISODES = 8
+"""Two rounds of the 4 episodes run at a time, so some run on both workers after the first finishes."""
 
 
 def _graph(tmp: Path, problems: int) -> Path:
@@ -123,14 +124,19 @@ def test_second_node_dies_mid_run(
          str(run_dir), "--config", str(config), "--concurrency", "4", "--ray", ray_cluster.address],
     )  # fmt: skip
     try:
+        # Kill once an episode has finished and both workers run some: each worker runs at most 2 of the 4
+        # (--concurrency 4 over 2 workers), so 3 running means the second node's worker has one in flight.
         finished_before: set[str] = set()
         deadline = time.monotonic() + 300
-        while not finished_before:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no episode finished in 300 s"
-            time.sleep(0.5)
+        while True:
+            assert proc.poll() is None, "the run ended before the kill: " + proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no episode finished with 3 running in 300 s"
+            time.sleep(0.2)
             if (run_dir / "store.sqlite").is_file():
-                finished_before = {k for k, s in _episodes(run_dir).items() if s == "finished"}
+                statuses = _episodes(run_dir)
+                finished_before = {k for k, s in statuses.items() if s == "finished"}
+                if finished_before and sum(s == "running" for s in statuses.values()) >= 3:
+                    break
         ray_cluster.kill_second_node()
         stdout, stderr = proc.communicate(timeout=600)
     finally:
